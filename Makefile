@@ -1,0 +1,56 @@
+# Entry points of mqtt-operator. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export TESTENV_DIR ?= $(CURDIR)/.testenv
+PYTEST_ARGS ?=
+
+.PHONY: help venv testenv test test-unit lint dev crds chart bench e2e image clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## Create .venv with the operator and its dev tools
+
+testenv: ## Install the real test environment (kube-apiserver, etcd, kubectl, helm, kubeconform, Kafka, Mosquitto, kcat)
+	bash hack/testenv/install-debian.sh
+	bash hack/testenv/install-kafka.sh
+	bash hack/testenv/build-go-tools.sh all
+
+test: venv testenv chart-check ## Install what is missing, then run every test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv ## Only the pure unit tests (no components)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv ## ruff and mypy (strict on the package)
+	$(VENV)/bin/ruff check operator tests testenv hack
+	$(VENV)/bin/ruff format --check operator tests testenv hack
+	$(VENV)/bin/mypy
+
+dev: venv testenv ## Local control plane + CRDs + the operator in the foreground
+	$(PY) -m testenv dev
+
+crds: venv ## Check the CRDs in crds/ against the API server's rules (they are the source of truth)
+	$(PY) -m pytest tests/integration/test_crds.py -q
+
+chart: venv ## Regenerate the chart's CRD templates from crds/
+	$(PY) hack/sync_chart_crds.py
+
+chart-check: venv
+	$(PY) hack/sync_chart_crds.py --check
+
+image: ## Build the one image (operator and bridge workers)
+	docker build -t mqtt-operator:dev .
+
+clean: ## Remove the venv and the test environment cache
+	rm -rf $(VENV) $(TESTENV_DIR)

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver, kubectl, etcd, helm and kubeconform from source through the Go module proxy.
+# Each binary is built once into $TESTENV_DIR/bin; a binary already there with the right version is kept.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+TESTENV_DIR="${TESTENV_DIR:-$here/../../.testenv}"
+bin="$TESTENV_DIR/bin"
+work="$TESTENV_DIR/build"
+mkdir -p "$bin" "$work"
+export GOFLAGS="-buildvcs=false -mod=mod" CGO_ENABLED=0
+
+stamp_ok() { [ -x "$bin/$1" ] && [ "$(cat "$bin/.$1.version" 2>/dev/null)" = "$2" ]; }
+stamp() { echo "$2" > "$bin/.$1.version"; }
+
+build_kubernetes() {
+  # k8s.io/kubernetes replaces its staging modules with local paths, which `go install` refuses;
+  # a wrapper module pins each staging module to its published v0.x twin instead.
+  local v="$KUBERNETES_VERSION" staging_v="v0${KUBERNETES_VERSION#v1}"
+  stamp_ok kube-apiserver "$v" && stamp_ok kubectl "$v" && return 0
+  local d="$work/kubernetes"
+  rm -rf "$d" && mkdir -p "$d" && cd "$d"
+  go mod download -json "k8s.io/kubernetes@$v" >/dev/null
+  local modfile
+  modfile="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$v.mod"
+  {
+    echo "module testenv/kubernetes"
+    echo "go $(awk '/^go /{print $2}' "$modfile")"
+    echo "require k8s.io/kubernetes $v"
+    awk '/=> .\/staging\/src\//{print "replace " $1 " => " $1 " '"$staging_v"'"}' "$modfile"
+  } > go.mod
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@$v" "k8s.io/kubernetes/cmd/kubectl@$v"
+  local minor="${v#v1.}"; minor="${minor%%.*}"
+  local ld="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+    ld="$ld -X $pkg.buildDate=1970-01-01T00:00:00Z -X $pkg.gitCommit=0000000000000000000000000000000000000000"
+  done
+  go build -ldflags "$ld" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+  stamp kube-apiserver "$v"
+  go build -ldflags "$ld" -o "$bin/kubectl" k8s.io/kubernetes/cmd/kubectl
+  stamp kubectl "$v"
+}
+
+build_etcd() {
+  # etcd's server module replaces its sibling modules with ../ paths; pin them all to the same tag.
+  local v="$ETCD_VERSION"
+  stamp_ok etcd "$v" && return 0
+  local d="$work/etcd"
+  rm -rf "$d" && mkdir -p "$d" && cd "$d"
+  cat > go.mod <<MOD
+module testenv/etcd
+go 1.24
+require (
+	go.etcd.io/etcd/server/v3 $v
+	go.etcd.io/etcd/api/v3 $v
+	go.etcd.io/etcd/client/pkg/v3 $v
+	go.etcd.io/etcd/client/v3 $v
+	go.etcd.io/etcd/pkg/v3 $v
+)
+MOD
+  go get "go.etcd.io/etcd/server/v3@$v"
+  go build -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
+  stamp etcd "$v"
+}
+
+build_plain() {  # name version package
+  stamp_ok "$1" "$2" && return 0
+  GOBIN="$bin" go install -ldflags "-s -w ${4:-}" "$3@$2"
+  stamp "$1" "$2"
+}
+
+case "${1:-all}" in
+  kubernetes) build_kubernetes ;;
+  etcd) build_etcd ;;
+  helm) build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+  kubeconform) build_plain kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform ;;
+  all)
+    build_etcd
+    build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    build_plain kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform
+    build_kubernetes
+    ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs Mosquitto (broker, clients, dynamic-security plugin) and kcat from Debian's packages.
+set -euo pipefail
+need=()
+command -v mosquitto >/dev/null || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v mosquitto_ctrl >/dev/null || need+=(mosquitto-clients)
+command -v kcat >/dev/null || need+=(kcat)
+command -v openssl >/dev/null || need+=(openssl)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The Debian package starts a system broker on :1883; tests run their own on free ports.
+if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+  $SUDO systemctl stop mosquitto || true
+fi

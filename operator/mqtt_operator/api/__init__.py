@@ -1,0 +1,1 @@
+"""Typed, frozen models of the custom resources; pure, no I/O."""

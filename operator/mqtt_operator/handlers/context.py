@@ -1,0 +1,15 @@
+"""What every handler shares for the life of the process (kept in kopf's memo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightkube import AsyncClient
+
+from mqtt_operator.settings import OperatorSettings
+
+
+@dataclass
+class OperatorContext:
+    settings: OperatorSettings
+    client: AsyncClient

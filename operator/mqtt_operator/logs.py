@@ -1,0 +1,85 @@
+"""Structured JSON logging for the operator and the bridge workers, with secret redaction.
+
+Every secret value the process learns (generated passwords, passwords read from Secrets) is
+registered here; the formatter replaces it wherever it would appear, so not even DEBUG logs of
+objects or exceptions can carry it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+REDACTED = "***"
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+# Attributes every LogRecord has; anything else in record.__dict__ came in through `extra=`.
+_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def register_secret(value: str | bytes | None) -> None:
+    """Make sure `value` never appears in a log line written from now on."""
+    if not value:
+        return
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+    # Very short values would redact ordinary words; passwords we generate are long.
+    if len(text) >= 6:
+        with _lock:
+            _secrets.add(text)
+
+
+def redact(text: str) -> str:
+    if not _secrets:
+        return text
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the kopf object reference, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        ref = getattr(record, "k8s_ref", None)
+        if isinstance(ref, dict):
+            entry["object"] = {k: ref[k] for k in ("kind", "namespace", "name") if ref.get(k)}
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("k8s_") and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def configure(level: str = "info", fmt: Literal["json", "text"] = "json") -> None:
+    """Send every logger's records to stderr in the chosen format; idempotent."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access logs and asyncio's debug chatter are noise at every level.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)

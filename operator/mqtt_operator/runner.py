@@ -1,0 +1,87 @@
+"""Starting the operator: kopf settings, the shared context, the handlers, then kopf's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from mqtt_operator.api.kinds import FINALIZER, GROUP
+from mqtt_operator.handlers.context import OperatorContext
+from mqtt_operator.handlers.observe import register_handlers
+from mqtt_operator.kube.client import make_client
+from mqtt_operator.settings import OperatorSettings
+
+log = logging.getLogger("mqtt_operator")
+
+
+def configure_kopf(settings: kopf.OperatorSettings, operator: OperatorSettings) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Our Events are written deliberately by kube/events.py; kopf's per-log-line Events would
+    # duplicate them and could carry text we never meant to publish.
+    settings.posting.enabled = False
+    # One operator per namespace set; no peering objects (and no RBAC for them) needed.
+    settings.peering.standalone = True
+    settings.peering.clusterwide = operator.all_namespaces
+    settings.networking.error_backoffs = (1, 2, 4, 8, 16, 30)
+    settings.execution.max_workers = 8
+    # Handlers retry with backoff through TemporaryError; this bounds unexpected exceptions too.
+    settings.execution.default_backoff = 10
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+def build_registry(operator: OperatorSettings) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    with _default_registry(registry):
+        register_handlers()
+
+        @kopf.on.startup()
+        async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+            configure_kopf(settings, operator)
+            memo["ctx"] = OperatorContext(settings=operator, client=make_client(operator.field_manager))
+            log.info("operator started", extra={"namespaces": list(operator.namespaces) or "all"})
+
+        @kopf.on.cleanup()
+        async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+            ctx: OperatorContext | None = memo.get("ctx")
+            if ctx is not None:
+                await ctx.client.close()
+
+    return registry
+
+
+class _default_registry:
+    """Temporarily make `registry` kopf's default so the decorators register into it."""
+
+    def __init__(self, registry: kopf.OperatorRegistry) -> None:
+        self.registry = registry
+        self.previous: kopf.OperatorRegistry | None = None
+
+    def __enter__(self) -> None:
+        self.previous = kopf.get_default_registry()
+        kopf.set_default_registry(self.registry)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.previous is not None
+        kopf.set_default_registry(self.previous)
+
+
+def run(operator: OperatorSettings, stop_flag: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or `stop_flag`)."""
+    liveness = f"http://0.0.0.0:{operator.health_port}/healthz" if operator.health_port else None
+    kopf.run(
+        registry=build_registry(operator),
+        clusterwide=operator.all_namespaces,
+        namespaces=operator.namespaces,
+        standalone=True,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(),
+        stop_flag=stop_flag,
+    )

@@ -1,0 +1,246 @@
+"""A real Kubernetes control plane (etcd + kube-apiserver) on loopback, run the way envtest runs it.
+
+A private CA signs the API server's serving certificate and an admin client certificate
+(CN=admin, O=system:masters); RBAC is on; the kubeconfig written here serves the tests, kubectl,
+helm and the operator alike. No controllers run: nothing creates Pods or garbage-collects.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testenv.paths import run_dir, tool
+from testenv.process import Server, free_port
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(d: Path) -> None:
+    """CA, serving certificate for 127.0.0.1/localhost, admin client certificate, service-account keys."""
+    d.mkdir(parents=True, exist_ok=True)
+    if (d / "admin.crt").exists():
+        return
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=testenv-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        cwd=d,
+    )
+    (d / "serving.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, subj, ext in (
+        ("serving", "/CN=kube-apiserver", "serving.ext"),
+        ("admin", "/O=system:masters/CN=admin", "client.ext"),
+    ):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            subj,
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-extfile",
+            ext,
+            "-out",
+            f"{name}.crt",
+            cwd=d,
+        )
+    _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
+
+
+def kubeconfig_text(server: str, pki: Path) -> str:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "testenv", "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")}}
+        ],
+        "users": [
+            {
+                "name": "admin",
+                "user": {"client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")},
+            }
+        ],
+        "contexts": [
+            {"name": "testenv", "context": {"cluster": "testenv", "user": "admin", "namespace": "default"}}
+        ],
+        "current-context": "testenv",
+    }
+    return json.dumps(config, indent=2)
+
+
+@dataclass
+class ControlPlane:
+    """etcd and kube-apiserver; `start()` returns once the API server answers /readyz."""
+
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kube-", dir=run_dir())))
+    etcd: Server | None = None
+    apiserver: Server | None = None
+    port: int = 0
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> ControlPlane:
+        make_pki(self.pki)
+        client_port, peer_port = free_port(), free_port()
+        etcd_url = f"http://127.0.0.1:{client_port}"
+        self.etcd = Server(
+            "etcd",
+            [
+                tool("etcd"),
+                "--name",
+                "testenv",
+                "--data-dir",
+                str(self.root / "etcd"),
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"testenv=http://127.0.0.1:{peer_port}",
+                # Tests throw the data away: fsync only slows them down.
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes",
+                str(4 << 30),
+                "--log-level",
+                "warn",
+            ],
+            self.root / "etcd.log",
+        )
+        self.etcd.start()
+        self.etcd.wait_until(lambda: _http_ok(f"{etcd_url}/health"), 60, "healthy")
+
+        self.port = free_port()
+        pki = self.pki
+        self.apiserver = Server(
+            "kube-apiserver",
+            [
+                tool("kube-apiserver"),
+                "--etcd-servers",
+                etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(self.port),
+                "--cert-dir",
+                str(self.root / "certs"),
+                "--tls-cert-file",
+                str(pki / "serving.crt"),
+                "--tls-private-key-file",
+                str(pki / "serving.key"),
+                "--client-ca-file",
+                str(pki / "ca.crt"),
+                "--service-account-key-file",
+                str(pki / "sa.pub"),
+                "--service-account-signing-key-file",
+                str(pki / "sa.key"),
+                "--service-account-issuer",
+                "https://kubernetes.default.svc",
+                # Addresses are only handed out to Services, never routed: no traffic leaves loopback.
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
+                "--authorization-mode",
+                "RBAC",
+                "--allow-privileged=true",
+                # No controller-manager runs to create service-account tokens for Pods.
+                "--disable-admission-plugins",
+                "ServiceAccount",
+                "--v",
+                "1",
+            ],
+            self.root / "kube-apiserver.log",
+        )
+        self.apiserver.start()
+        self.kubeconfig.write_text(kubeconfig_text(self.url, pki))
+        self.apiserver.wait_until(self._ready, 120, "ready")
+        return self
+
+    def _ready(self) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        with urllib.request.urlopen(f"{self.url}/readyz", context=ctx, timeout=2) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this control plane; with check=True a failure raises with stderr shown."""
+        proc = subprocess.run(
+            [tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def stop(self, keep: bool = False) -> None:
+        for server in (self.apiserver, self.etcd):
+            if server is not None:
+                server.stop()
+        if not keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+        return bool(resp.status == 200)
