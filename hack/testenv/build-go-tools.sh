@@ -65,20 +65,31 @@ MOD
   stamp etcd "$v"
 }
 
-build_plain() {  # name version package
-  stamp_ok "$1" "$2" && return 0
+build_plain() {  # name version package [ldflags] [stamp suffix]
+  stamp_ok "$1" "$2${5:-}" && return 0
   GOBIN="$bin" go install -ldflags "-s -w ${4:-}" "$3@$2"
-  stamp "$1" "$2"
+  stamp "$1" "$2${5:-}"
+}
+
+build_helm() {
+  # Without a cluster (helm template, helm lint) helm assumes the Kubernetes version it was built
+  # for; a plain `go install` leaves that at v1.20, which fails our chart's kubeVersion.
+  local minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  local ld="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld="$ld -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+  done
+  build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$ld" "+k8s1.$minor"
 }
 
 case "${1:-all}" in
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
-  helm) build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+  helm) build_helm ;;
   kubeconform) build_plain kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform ;;
   all)
     build_etcd
-    build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    build_helm
     build_plain kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform
     build_kubernetes
     ;;

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 REDACTED = "***"
+_PLAIN = (str, int, float, bool, list, tuple, dict, type(None))
 _secrets: set[str] = set()
 _lock = threading.Lock()
 
@@ -58,7 +59,13 @@ class JsonFormatter(logging.Formatter):
         if isinstance(ref, dict):
             entry["object"] = {k: ref[k] for k in ("kind", "namespace", "name") if ref.get(k)}
         for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("k8s_") and key not in entry:
+            # kopf attaches its whole settings object to each record: only plain data is kept.
+            if (
+                key not in _STANDARD_ATTRS
+                and not key.startswith("k8s_")
+                and key not in entry
+                and isinstance(value, _PLAIN)
+            ):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -16,12 +16,16 @@ from mqtt_operator.settings import OperatorSettings
 
 log = logging.getLogger("mqtt_operator")
 
+# kopf ignores changes to annotations under its own storage prefix; it must not be our API group,
+# or adding the pause annotation (mqtt-operator.io/...) would not trigger a reconcile.
+KOPF_PREFIX = f"kopf.{GROUP}"
+
 
 def configure_kopf(settings: kopf.OperatorSettings, operator: OperatorSettings) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     # Our Events are written deliberately by kube/events.py; kopf's per-log-line Events would
     # duplicate them and could carry text we never meant to publish.
@@ -47,6 +51,11 @@ def build_registry(operator: OperatorSettings) -> kopf.OperatorRegistry:
             configure_kopf(settings, operator)
             memo["ctx"] = OperatorContext(settings=operator, client=make_client(operator.field_manager))
             log.info("operator started", extra={"namespaces": list(operator.namespaces) or "all"})
+
+        @kopf.on.login()
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            # kopf's built-in logins: the pod's service account in a cluster, else $KUBECONFIG.
+            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
         @kopf.on.cleanup()
         async def cleanup(memo: kopf.Memo, **_: Any) -> None:

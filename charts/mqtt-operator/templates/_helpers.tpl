@@ -1,0 +1,136 @@
+{{/*
+Names and labels shared by every template, after `helm create`: names are cut to 63 characters
+because Kubernetes names and label values may not be longer.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "mqtt-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name of the release's objects: "<release>-<name>", or the release name alone when it
+already contains the name, or fullnameOverride.
+*/}}
+{{- define "mqtt-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<chart>-<version>" for the helm.sh/chart label. */}}
+{{- define "mqtt-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The labels the Deployment selects its Pods by; they never change over upgrades. */}}
+{{- define "mqtt-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mqtt-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The chart's own labels; user labels are merged under them and can never replace them. */}}
+{{- define "mqtt-operator.standardLabels" -}}
+{{ include "mqtt-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: mqtt-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ include "mqtt-operator.chart" . }}
+{{- end }}
+
+{{/*
+The labels of every object: commonLabels, then the standard labels on top. `merge` keeps the keys
+of its first argument, so a user's app.kubernetes.io/name cannot break the selectors.
+*/}}
+{{- define "mqtt-operator.labels" -}}
+{{- $standard := include "mqtt-operator.standardLabels" . | fromYaml }}
+{{- toYaml (merge $standard (.Values.commonLabels | default dict)) }}
+{{- end }}
+
+{{/* The labels of the operator's Pod: common and pod labels, the standard labels on top. */}}
+{{- define "mqtt-operator.podLabels" -}}
+{{- $standard := include "mqtt-operator.standardLabels" . | fromYaml }}
+{{- toYaml (merge $standard (.Values.podLabels | default dict) (.Values.commonLabels | default dict)) }}
+{{- end }}
+
+{{/* The cluster-wide ClusterRole kopf needs in every mode; the suffix survives the cut to 63. */}}
+{{- define "mqtt-operator.discoveryName" -}}
+{{- printf "%s-discovery" (include "mqtt-operator.fullname" . | trunc 53 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The Role for the leader-election lease in the release namespace. */}}
+{{- define "mqtt-operator.leaderElectionName" -}}
+{{- printf "%s-leader-election" (include "mqtt-operator.fullname" . | trunc 47 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The ServiceAccount the operator runs as. */}}
+{{- define "mqtt-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mqtt-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image reference; the tag defaults to the chart's appVersion. */}}
+{{- define "mqtt-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+The namespaces the operator watches in namespaced mode, as a JSON list (include returns a string):
+watchNamespaces, or the release namespace when it is empty.
+*/}}
+{{- define "mqtt-operator.watchNamespaces" -}}
+{{- $namespaces := .Values.watchNamespaces | default (list .Release.Namespace) }}
+{{- toJson (uniq $namespaces) }}
+{{- end }}
+
+{{/* The rules the operator needs wherever it manages custom resources (Role or ClusterRole). */}}
+{{- define "mqtt-operator.rules" -}}
+# The six kinds of mqtt-operator.io: the operator reads them, and patches them for kopf's
+# annotations and finalizers; it never creates or deletes them.
+- apiGroups: ["mqtt-operator.io"]
+  resources: [mqttinstances, authusers, aclpolicies, kafkaconnectors, replicationtasks, functiontriggers]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: ["mqtt-operator.io"]
+  resources:
+    - mqttinstances/status
+    - authusers/status
+    - aclpolicies/status
+    - kafkaconnectors/status
+    - replicationtasks/status
+    - functiontriggers/status
+  verbs: [get, patch, update]
+- apiGroups: ["mqtt-operator.io"]
+  resources:
+    - mqttinstances/finalizers
+    - authusers/finalizers
+    - aclpolicies/finalizers
+    - kafkaconnectors/finalizers
+    - replicationtasks/finalizers
+    - functiontriggers/finalizers
+  verbs: [update]
+# Errors a user can cause are reported as Events on the custom resource.
+- apiGroups: ["", "events.k8s.io"]
+  resources: [events]
+  verbs: [create, patch]
+# The objects the operator owns: broker and worker Pods' configuration, storage and network.
+- apiGroups: [""]
+  resources: [secrets, configmaps, services, persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [apps]
+  resources: [statefulsets, deployments]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, update, delete]
+{{- end }}

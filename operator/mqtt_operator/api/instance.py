@@ -1,0 +1,102 @@
+"""MqttInstance: the typed spec of a broker."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from mqtt_operator.api.base import LocalObjectRef, Model, duration_seconds, quantity_bytes
+
+
+class ListenerTls(Model):
+    secret_name: str
+    require_client_certificate: bool = False
+
+
+class Listener(Model):
+    port: int
+    tls: ListenerTls | None = None
+
+
+class Listeners(Model):
+    mqtt: Listener | None = None
+    mqtts: Listener | None = None
+    websocket: Listener | None = None
+
+    def enabled(self) -> dict[str, Listener]:
+        """Listener name -> listener, in a fixed order (mqtt, mqtts, websocket)."""
+        return {name: lst for name in ("mqtt", "mqtts", "websocket") if (lst := getattr(self, name))}
+
+
+class ServiceSpec(Model):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    annotations: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    load_balancer_source_ranges: tuple[str, ...] = ()
+
+
+class Authorization(Model):
+    enabled: bool = True
+
+
+class Sessions(Model):
+    expiry: str = "2h"
+    max_queued_messages: int = 100000
+    max_inflight_messages: int = 1000
+
+    @property
+    def expiry_seconds(self) -> int:
+        return int(duration_seconds(self.expiry))
+
+
+class Limits(Model):
+    max_packet_size: int | str = "2Mi"
+    max_connections: int = -1
+
+    @property
+    def max_packet_size_bytes(self) -> int:
+        return quantity_bytes(self.max_packet_size)
+
+
+class Persistence(Model):
+    enabled: bool = True
+    size: str = "1Gi"
+    storage_class_name: str | None = None
+    autosave_interval: str = "30s"
+
+    @property
+    def autosave_seconds(self) -> int:
+        # Mosquitto counts whole seconds; sub-second values round up so autosave never turns off.
+        return max(1, int(duration_seconds(self.autosave_interval) + 0.999))
+
+
+class ExtraConfig(Model):
+    extra: str = ""
+
+
+class Toleration(Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class MqttInstanceSpec(Model):
+    engine: Literal["mosquitto"] = "mosquitto"
+    image: str | None = None
+    image_pull_secrets: tuple[LocalObjectRef, ...] = ()
+    replicas: int = 1
+    listeners: Listeners = Listeners(mqtt=Listener(port=1883))
+    service: ServiceSpec = ServiceSpec()
+    authorization: Authorization = Authorization()
+    sessions: Sessions = Sessions()
+    limits: Limits = Limits()
+    persistence: Persistence = Persistence()
+    config: ExtraConfig = ExtraConfig()
+    resources: dict[str, Any] | None = None
+    node_selector: dict[str, str] = {}
+    tolerations: tuple[Toleration, ...] = ()
+    affinity: dict[str, Any] | None = None
+    pod_annotations: dict[str, str] = {}
+    pod_labels: dict[str, str] = {}
+    deletion_policy: Literal["delete", "retain"] = "delete"
