@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from mqtt_operator import __version__, logs
-from mqtt_operator.settings import OperatorSettings
+from mqtt_operator.settings import OperatorSettings, parse_broker_addresses
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,6 +28,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default="json", choices=["json", "text"])
     run.add_argument("--health-port", type=int, default=8080, help="port of /healthz; 0 turns it off")
+    run.add_argument(
+        "--broker-address",
+        action="append",
+        default=[],
+        metavar="NS/NAME=HOST:PORT",
+        help="reach this MqttInstance's broker at HOST:PORT instead of its Service DNS name "
+        "(for an operator running outside the cluster); repeatable; also "
+        "$MQTT_OPERATOR_BROKER_ADDRESSES, comma-separated",
+    )
+    run.add_argument(
+        "--drift-period",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often each broker is compared in full with the declared users and policies",
+    )
 
     sub.add_parser("version", help="print the version")
     return p
@@ -40,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     namespaces = tuple(args.namespace) or (
         () if args.all_namespaces else OperatorSettings.default_namespaces()
     )
+    env_addresses = [a for a in os.environ.get("MQTT_OPERATOR_BROKER_ADDRESSES", "").split(",") if a.strip()]
     try:
         settings = OperatorSettings(
             namespaces=namespaces,
@@ -47,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=args.log_level,
             log_format=args.log_format,
             health_port=args.health_port,
+            broker_addresses=parse_broker_addresses([*env_addresses, *args.broker_address]),
+            drift_period_seconds=args.drift_period,
         )
     except ValueError as err:
         print(f"mqtt-operator: {err}", file=sys.stderr)

@@ -34,6 +34,20 @@ class ServiceSpec(Model):
     load_balancer_source_ranges: tuple[str, ...] = ()
 
 
+class LabelSelector(Model):
+    match_labels: dict[str, str] = {}
+
+
+class NetworkPeer(Model):
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+
+
+class NetworkPolicySpec(Model):
+    enabled: bool = False
+    allow_from: tuple[NetworkPeer, ...] = ()
+
+
 class Authorization(Model):
     enabled: bool = True
 
@@ -88,6 +102,7 @@ class MqttInstanceSpec(Model):
     replicas: int = 1
     listeners: Listeners = Listeners(mqtt=Listener(port=1883))
     service: ServiceSpec = ServiceSpec()
+    network_policy: NetworkPolicySpec = NetworkPolicySpec()
     authorization: Authorization = Authorization()
     sessions: Sessions = Sessions()
     limits: Limits = Limits()

@@ -9,32 +9,34 @@ Actions (Mosquitto 2.0 ACL types):
 - receive   -> ``publishClientReceive <topic>``
 - subscribe -> ``subscribePattern <filter>`` and ``subscribePattern $share/+/<filter>``: Mosquitto
   checks a shared subscription against its full string, so ``vehicles/#`` alone does not cover
-  ``$share/g/vehicles/#`` (measured, FACTS.md). A filter that already is ``$share/<group>/...``
-  grants (or denies) exactly that form, and ``#`` needs no second entry (it matches ``$share/...``).
-- unsubscribe is never written: the default stays allow (`model.DENY_BY_DEFAULT`), because refusing
+  ``$share/g/vehicles/#`` (measured, FACTS.md). ``#`` needs no second entry (it matches ``$share/...``).
+- unsubscribe is never written: its default stays allow (`model.DENY_BY_DEFAULT`), because refusing
   an UNSUBSCRIBE protects nothing and only keeps messages flowing to a client that wants them gone.
   The other three default to deny: a user can do nothing until a policy allows it.
 
-Priority: Mosquitto checks a client's roles in descending role priority and, within a role, ACLs
-in descending ACL priority; the first ACL whose topic matches decides. So a policy becomes up to
-two kinds of role, one per effect, and its grants carry the priority::
+Priority. Mosquitto checks a client's roles in descending role priority (equal priorities in
+role-name order) and, within a role, ACLs in descending ACL priority; the first ACL whose topic
+matches decides. The mapping::
 
-    role priority on the client = 2 * policy.priority + (1 if effect == "deny" else 0)
-    ACL priority inside a role  = 0 (all entries of a role share one effect: order cannot matter)
+    role priority on the client = 2 * policy.priority + (1 if the policy has a deny rule else 0)
+    ACL priority in the role    = len(rules) - rule index   (the first rule has the highest)
 
-which gives, for overlapping rules: the policy with the higher priority wins, whatever its
-effect; at equal priority, deny wins; and within one policy, deny wins over allow. Policy
-priorities must lie in [PRIORITY_MIN, PRIORITY_MAX] so the doubled value fits Mosquitto's C int.
+So: between policies the higher `priority` wins whatever the effect (a deny at 10 beats an allow at
+0, an allow at 10 beats a deny at 0); at equal priority a policy with a deny rule is checked before
+one that only allows (two policies that both deny fall back to name order); within one policy the
+earlier rule wins, as the CRD documents. When two rules yield the same (ACL type, topic), the
+earlier one is kept: a role holds one entry per pair and the later one could never decide anyway.
 
-Patterns: Mosquitto 2.0.11 does not substitute ``%u``/``%c`` in dynamic-security ACLs (measured,
-FACTS.md), so the operator does. Rules whose topic contains ``%u`` or ``%c`` go into a role per
-user, ``<prefix><policy>#<effect>@<username>``, with the pattern replaced; the other rules share
-``<prefix><policy>#<effect>``. ``%u`` is the username. ``%c`` is known in advance only when the
-broker pins the user to one client id (the AuthUser sets a client id, which Mosquitto then
-enforces at CONNECT); then ``%c`` is that id. For a user without a pinned id a ``%c`` rule cannot be
-enforced and the policy is refused with an `AclPolicyError` saying so, rather than silently
-granting too much or too little. A username or client id containing ``/``, ``+`` or ``#`` would
-change the shape of the topic when substituted and is refused too.
+Patterns. Mosquitto 2.0.11 does not substitute ``%u``/``%c`` in dynamic-security ACLs (measured,
+FACTS.md), so the operator does: a policy with a ``%u`` or ``%c`` topic becomes one role per user,
+``<prefix><policy>@<username>``, holding all the policy's rules with the patterns replaced (one role
+per user keeps rule order meaningful); any other policy is one shared role ``<prefix><policy>``.
+``%u`` is the username. ``%c`` is known in advance only when the broker pins the user to one client
+id (the AuthUser's ``clientId``, which Mosquitto enforces at CONNECT); then it is that id. For a user
+without one, an allow rule with ``%c`` is not granted (least privilege), and a deny rule with ``%c``
+is kept with every level containing ``%c`` widened to ``+``, so it denies at least what it would
+for any client id; both are reported in `PolicyRoles.warnings`. A username or client id with
+``/``, ``+`` or ``#`` would change the topic's shape when substituted and is refused.
 """
 
 from __future__ import annotations
@@ -51,11 +53,11 @@ Action = Literal["publish", "subscribe", "receive"]
 ACTIONS: tuple[str, ...] = get_args(Action)
 EFFECTS: tuple[str, ...] = get_args(Effect)
 
-PRIORITY_MIN = -(2**29)
-PRIORITY_MAX = 2**29 - 1
+# The CRD's range; 2 * priority + 1 must stay far inside Mosquitto's C int.
+PRIORITY_MIN = -1000
+PRIORITY_MAX = 1000
 
 SHARE_PREFIX = "$share/"
-_PATTERNS = ("%u", "%c")
 _ACL_TYPE: dict[str, AclType] = {"publish": "publishClientSend", "receive": "publishClientReceive"}
 
 
@@ -80,20 +82,39 @@ class Subject:
 
 @dataclass(frozen=True)
 class PolicyRoles:
-    """What one policy puts on the broker: its roles, and per username the grants of those roles."""
+    """What one policy puts on the broker.
 
+    `role_name` is the shared role, or for a per-user policy the stem of ``<role_name>@<username>``;
+    `grants` maps each username to the grants to merge into its client; `warnings` are sentences
+    for the policy's status (rules not granted, subscribe without receive).
+    """
+
+    role_name: str
     roles: tuple[DesiredRole, ...]
     grants: Mapping[str, tuple[RoleGrant, ...]]
     warnings: tuple[str, ...] = ()
 
+    @property
+    def acl_count(self) -> int:
+        return sum(len(role.acls) for role in self.roles)
 
-def role_priority(policy_priority: int, effect: Effect) -> int:
-    return 2 * policy_priority + (1 if effect == "deny" else 0)
+
+def role_priority(policy_priority: int, has_deny: bool) -> int:
+    return 2 * policy_priority + (1 if has_deny else 0)
 
 
-def policy_role_prefix(policy: str, role_prefix: str) -> str:
-    """Every role of `policy` starts with this (for finding them all, e.g. when the policy is deleted)."""
-    return f"{role_prefix}{policy}#"
+def policy_role_name(policy: str, role_prefix: str) -> str:
+    return f"{role_prefix}{policy}"
+
+
+def is_policy_role(rolename: str, policy: str, role_prefix: str) -> bool:
+    """Whether `rolename` is one of `policy`'s roles (shared or per user), e.g. to delete them all."""
+    base = policy_role_name(policy, role_prefix)
+    return rolename == base or rolename.startswith(base + "@")
+
+
+def uses_patterns(rules: Iterable[Rule]) -> bool:
+    return any("%u" in topic or "%c" in topic for rule in rules for topic in rule.topics)
 
 
 def policy_roles(
@@ -105,60 +126,43 @@ def policy_roles(
     role_prefix: str,
     description: str = "",
 ) -> PolicyRoles:
-    """The roles and grants for one policy.
+    """The roles and grants for one policy; raises AclPolicyError for a policy that cannot work.
 
-    `policy` names it uniquely and must not contain "#" or "@" (e.g. "namespace/name"). Shared
-    roles exist even while no user is named, so naming a user later only adds a grant and never
-    changes (and so never disconnects holders of) a role.
+    `policy` names it uniquely among policies of the broker and must not contain "@" (e.g.
+    "namespace/name"). A shared role exists even while no user is named, so naming a user later
+    only adds a grant and never edits (and so never disconnects the holders of) a role.
     """
-    if "#" in policy or "@" in policy or not policy:
-        raise ValueError(f"policy key {policy!r} must be non-empty and contain neither '#' nor '@'")
+    if not policy or "@" in policy:
+        raise ValueError(f"policy key {policy!r} must be non-empty and must not contain '@'")
+    people = sorted({s.username: s for s in subjects}.values(), key=lambda s: s.username)
     problems: list[str] = []
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         problems.append(
             f"priority {priority} is out of range: use a value from {PRIORITY_MIN} to {PRIORITY_MAX}"
         )
-    people = sorted({s.username: s for s in subjects}.values(), key=lambda s: s.username)
     for rule_no, rule in enumerate(rules, start=1):
         problems.extend(_rule_problems(rule_no, rule))
+    if uses_patterns(rules):
+        problems.extend(_subject_problems(rules, people))
     if problems:
         raise AclPolicyError("; ".join(problems))
 
-    shared: dict[Effect, set[Acl]] = {effect: set() for effect in ("allow", "deny")}
-    personal: dict[tuple[Effect, str], set[Acl]] = defaultdict(set)
-    for rule_no, rule in enumerate(rules, start=1):
-        for topic in rule.topics:
-            if not any(p in topic for p in _PATTERNS):
-                shared[rule.effect].update(_acls(rule, topic))
-                continue
-            for person in people:
-                expanded, problem = _substitute(rule_no, topic, person)
-                if problem:
-                    problems.append(problem)
-                else:
-                    personal[(rule.effect, person.username)].update(_acls(rule, expanded))
-    if problems:
-        raise AclPolicyError("; ".join(problems))
-
-    base = policy_role_prefix(policy, role_prefix)
+    base = policy_role_name(policy, role_prefix)
+    grant_priority = role_priority(priority, any(rule.effect == "deny" for rule in rules))
+    warnings = _receive_warnings(rules)
     roles: list[DesiredRole] = []
-    grants: dict[str, list[RoleGrant]] = {person.username: [] for person in people}
-    for effect, acls in shared.items():
-        if acls:
-            name = f"{base}{effect}"
-            roles.append(DesiredRole(name, tuple(sorted(acls)), description))
-            for person in people:
-                grants[person.username].append(RoleGrant(name, role_priority(priority, effect)))
-    for (effect, username), acls in personal.items():
-        name = f"{base}{effect}@{username}"
-        roles.append(DesiredRole(name, tuple(sorted(acls)), description))
-        grants[username].append(RoleGrant(name, role_priority(priority, effect)))
-
-    return PolicyRoles(
-        roles=tuple(sorted(roles, key=lambda r: r.rolename)),
-        grants={username: tuple(sorted(g)) for username, g in grants.items()},
-        warnings=tuple(_warnings(rules)),
-    )
+    grants: dict[str, tuple[RoleGrant, ...]] = {}
+    if not uses_patterns(rules):
+        roles.append(DesiredRole(base, _ordered_acls(rules, None, warnings), description))
+        grants = {person.username: (RoleGrant(base, grant_priority),) for person in people}
+    else:
+        for person in people:
+            acls = _ordered_acls(rules, person, warnings)
+            if acls:
+                name = f"{base}@{person.username}"
+                roles.append(DesiredRole(name, acls, description))
+                grants[person.username] = (RoleGrant(name, grant_priority),)
+    return PolicyRoles(base, tuple(roles), grants, tuple(warnings))
 
 
 def merge_grants(policies: Iterable[PolicyRoles]) -> dict[str, tuple[RoleGrant, ...]]:
@@ -170,17 +174,49 @@ def merge_grants(policies: Iterable[PolicyRoles]) -> dict[str, tuple[RoleGrant, 
     return {username: tuple(sorted(grants)) for username, grants in merged.items()}
 
 
-def _acls(rule: Rule, topic: str) -> list[Acl]:
+def _ordered_acls(rules: Sequence[Rule], person: Subject | None, warnings: list[str]) -> tuple[Acl, ...]:
+    by_key: dict[tuple[str, str], Acl] = {}
+    for index, rule in enumerate(rules):
+        acl_priority = len(rules) - index
+        for topic in rule.topics:
+            expanded = topic if person is None else _expand(index + 1, rule, topic, person, warnings)
+            if expanded is None:
+                continue
+            for acl in _acls(rule, expanded, acl_priority):
+                by_key.setdefault(acl.key, acl)  # the earlier rule keeps the (type, topic)
+    return tuple(sorted(by_key.values()))
+
+
+def _acls(rule: Rule, topic: str, priority: int) -> list[Acl]:
     allow = rule.effect == "allow"
     out: list[Acl] = []
     for action in dict.fromkeys(rule.actions):
         if action != "subscribe":
-            out.append(Acl(_ACL_TYPE[action], topic, 0, allow))
+            out.append(Acl(_ACL_TYPE[action], topic, priority, allow))
             continue
-        out.append(Acl("subscribePattern", topic, 0, allow))
-        if topic != "#" and not topic.startswith(SHARE_PREFIX):
-            out.append(Acl("subscribePattern", f"{SHARE_PREFIX}+/{topic}", 0, allow))
+        out.append(Acl("subscribePattern", topic, priority, allow))
+        if topic != "#":
+            out.append(Acl("subscribePattern", f"{SHARE_PREFIX}+/{topic}", priority, allow))
     return out
+
+
+def _expand(rule_no: int, rule: Rule, topic: str, person: Subject, warnings: list[str]) -> str | None:
+    expanded = topic.replace("%u", person.username)
+    if "%c" not in expanded:
+        return expanded
+    if person.clientid is not None:
+        return expanded.replace("%c", person.clientid)
+    if rule.effect == "allow":
+        warnings.append(
+            f"rule {rule_no} topic {topic!r} is not granted to user {person.username!r}: it uses %c and that "
+            f"user has no clientId; set spec.clientId on its AuthUser to grant it"
+        )
+        return None
+    warnings.append(
+        f"rule {rule_no} topic {topic!r} denies user {person.username!r} for every client id: it uses %c "
+        f"and that user has no clientId"
+    )
+    return "/".join("+" if "%c" in level else level for level in expanded.split("/"))
 
 
 def _rule_problems(rule_no: int, rule: Rule) -> list[str]:
@@ -201,57 +237,47 @@ def _rule_problems(rule_no: int, rule: Rule) -> list[str]:
         problem = _topic_problem(topic)
         if problem:
             problems.append(f"{where}: topic {topic!r} {problem}")
-        elif topic.startswith(SHARE_PREFIX) and set(rule.actions) - {"subscribe"}:
-            problems.append(
-                f"{where}: topic {topic!r} is a shared subscription, which only 'subscribe' can use"
-            )
     return problems
 
 
 def _topic_problem(topic: str) -> str | None:
-    """Why Mosquitto would refuse `topic` as an ACL filter, or None."""
+    """Why `topic` cannot be an ACL filter of ours, or None (the CRD checks the same, with CEL)."""
     if not topic:
         return "is empty"
     if "\0" in topic:
-        return "contains a NUL character"
+        return "contains the NUL character"
     if len(topic.encode()) > 65535:
         return "is longer than MQTT allows (65535 bytes)"
+    if topic == "$share" or topic.startswith(SHARE_PREFIX):
+        return "is a $share filter: write the plain filter, subscribe rules are granted in both forms"
     levels = topic.split("/")
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != len(levels) - 1):
             return "uses '#' other than as the whole last level"
         if "+" in level and level != "+":
             return "uses '+' other than as a whole level"
-    if topic.startswith(SHARE_PREFIX) and (len(levels) < 3 or not levels[1] or levels[1] in ("+", "#")):
-        return "must be $share/<group>/<filter> with a literal group"
+    if "%" in topic.replace("%u", "").replace("%c", ""):
+        return "uses '%' other than in %u or %c"
     return None
 
 
-def _substitute(rule_no: int, topic: str, person: Subject) -> tuple[str, str | None]:
-    where = f"rule {rule_no}: topic {topic!r}"
-    values = {"%u": ("username", person.username)}
-    if "%c" in topic:
-        if person.clientid is None:
-            return topic, (
-                f"{where} uses %c, but user {person.username!r} may connect with any client id and "
-                f"Mosquitto 2.0 cannot substitute %c itself: set a client id on that user (then %c "
-                f"is that id) or use %u"
-            )
-        values["%c"] = ("client id", person.clientid)
-    expanded = topic
-    for pattern, (what, value) in values.items():
-        if pattern not in topic:
-            continue
-        if not value or any(ch in value for ch in "/+#\0"):
-            return topic, (
-                f"{where} uses {pattern}, but the {what} {value!r} of user {person.username!r} is empty or "
-                f"contains '/', '+' or '#', which would change what the topic matches"
-            )
-        expanded = expanded.replace(pattern, value)
-    return expanded, None
+def _subject_problems(rules: Sequence[Rule], people: Sequence[Subject]) -> list[str]:
+    uses_c = any("%c" in topic for rule in rules for topic in rule.topics)
+    problems: list[str] = []
+    for person in people:
+        named = [("username", person.username)]
+        if uses_c and person.clientid is not None:
+            named.append(("client id", person.clientid))
+        for what, value in named:
+            if not value or any(ch in value for ch in "/+#\0"):
+                problems.append(
+                    f"the {what} {value!r} of user {person.username!r} is empty or contains '/', '+' or '#', "
+                    f"which would change what the policy's %u/%c topics match"
+                )
+    return problems
 
 
-def _warnings(rules: Sequence[Rule]) -> list[str]:
+def _receive_warnings(rules: Sequence[Rule]) -> list[str]:
     if DENY_BY_DEFAULT.publish_client_receive:
         return []
     receivable = {t for r in rules if r.effect == "allow" and "receive" in r.actions for t in r.topics}
@@ -259,7 +285,7 @@ def _warnings(rules: Sequence[Rule]) -> list[str]:
     for rule_no, rule in enumerate(rules, start=1):
         if rule.effect != "allow" or "subscribe" not in rule.actions:
             continue
-        missing = [t for t in rule.topics if t not in receivable and not t.startswith(SHARE_PREFIX)]
+        missing = [t for t in rule.topics if t not in receivable]
         if missing:
             out.append(
                 f"rule {rule_no} allows subscribe but not receive on {', '.join(map(repr, missing))}: "

@@ -188,6 +188,8 @@ class DynsecClient:
     async def _drop_client(self) -> None:
         paho, self._paho = self._paho, None
         self._connected = False
+        if self._connack is not None and not self._connack.done():
+            self._connack.cancel()  # its connect() is the one dropping the client and raises its own error
         self._fail_all(BrokerUnreachable(f"the connection to the broker at {self.address} was closed"))
         if paho is not None:
             paho.disconnect()
