@@ -31,6 +31,8 @@ class Mosquitto:
     """One broker; `config` is the body of mosquitto.conf without the listener, which is added here."""
 
     config: str = "allow_anonymous true\n"
+    # False when `config` carries its own `listener` lines (a conf the operator rendered).
+    add_listener: bool = True
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mosquitto-", dir=run_dir())))
     port: int = 0
     server: Server | None = None
@@ -41,7 +43,8 @@ class Mosquitto:
         # (FACTS.md: an unwritable dynamic-security file silently stops saving).
         os.chmod(self.root, 0o777)  # noqa: S103 - a private temp dir of the test run
         conf = self.root / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\n{self.config}")
+        listener = f"listener {self.port} 127.0.0.1\n" if self.add_listener else ""
+        conf.write_text(listener + self.config)
         self.server = Server("mosquitto", [tool("mosquitto"), "-c", str(conf)], self.root / "mosquitto.log")
         self.server.start()
         self.server.wait_until(self._answers, 30, "accepting connections")
@@ -75,3 +78,42 @@ class Mosquitto:
             self.server = None
         if not keep:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+IN_POD_DATA_DIR = "/mosquitto/data"
+IN_POD_PLUGIN = "/usr/lib/mosquitto_dynamic_security.so"
+
+
+def from_rendered(conf: str, mqtt_port_in_pod: int, port: int, admin: tuple[str, str] | None) -> Mosquitto:
+    """A broker run from the mosquitto.conf the operator rendered, changing only paths and the port.
+
+    With `admin` (username, password) the dynamic-security file is initialised first, as the
+    StatefulSet's init container does.
+    """
+    broker = Mosquitto(config="", add_listener=False, port=port)
+    data = broker.root / "data"
+    data.mkdir()
+    os.chmod(data, 0o777)  # noqa: S103 - a private temp dir of the test run
+    text = conf.replace(IN_POD_DATA_DIR, str(data)).replace(IN_POD_PLUGIN, dynsec_plugin())
+    lines = text.splitlines()
+    listener_line = f"listener {mqtt_port_in_pod}"
+    if listener_line not in lines:
+        raise ValueError(f"the rendered conf has no line {listener_line!r}")
+    broker.config = (
+        "\n".join(f"listener {port} 127.0.0.1" if line == listener_line else line for line in lines) + "\n"
+    )
+    if admin is not None:
+        init_dynsec(data / "dynamic-security.json", *admin)
+    return broker
+
+
+def init_dynsec(path: Path, username: str, password: str) -> None:
+    """What the init container does: a dynamic-security file holding only the admin account."""
+    path.unlink(missing_ok=True)
+    subprocess.run(
+        [tool("mosquitto_ctrl"), "dynsec", "init", str(path), username, password],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+    os.chmod(path, 0o666)  # noqa: S103 - the broker drops to the mosquitto user and must write it

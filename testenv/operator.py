@@ -20,6 +20,7 @@ class OperatorProcess:
     control_plane: ControlPlane
     namespaces: tuple[str, ...]
     log_level: str = "debug"
+    extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="operator-", dir=run_dir())))
     health_port: int = 0
@@ -39,6 +40,7 @@ class OperatorProcess:
         ]
         for ns in self.namespaces:
             argv += ["--namespace", ns]
+        argv += self.extra_args
         self.server = Server(
             "mqtt-operator",
             argv,

@@ -8,9 +8,19 @@ from typing import Any
 
 import kopf
 
-from mqtt_operator.api.kinds import FINALIZER, GROUP
+from mqtt_operator.api.kinds import (
+    FINALIZER,
+    FUNCTION_TRIGGER,
+    GROUP,
+    KAFKA_CONNECTOR,
+    REPLICATION_TASK,
+    VERSION,
+)
+from mqtt_operator.broker.pool import BrokerPool
+from mqtt_operator.controllers.access import AccessSync
+from mqtt_operator.handlers import access
 from mqtt_operator.handlers.context import OperatorContext
-from mqtt_operator.handlers.observe import register_handlers
+from mqtt_operator.handlers.observe import not_yet_reconciled, reconcile_with
 from mqtt_operator.kube.client import make_client
 from mqtt_operator.settings import OperatorSettings
 
@@ -44,12 +54,20 @@ def configure_kopf(settings: kopf.OperatorSettings, operator: OperatorSettings) 
 def build_registry(operator: OperatorSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     with _default_registry(registry):
-        register_handlers()
+        access.register(operator.drift_period_seconds)
+        # The bridge kinds are accepted and report that they are not reconciled yet.
+        for kind in (KAFKA_CONNECTOR, REPLICATION_TASK, FUNCTION_TRIGGER):
+            for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+                decorator(GROUP, VERSION, kind.plural, id="reconcile")(reconcile_with(not_yet_reconciled))
 
         @kopf.on.startup()
         async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
             configure_kopf(settings, operator)
-            memo["ctx"] = OperatorContext(settings=operator, client=make_client(operator.field_manager))
+            client = make_client(operator.field_manager)
+            pool = BrokerPool()
+            memo["ctx"] = OperatorContext(
+                settings=operator, client=client, pool=pool, access=AccessSync(client, pool, operator)
+            )
             log.info("operator started", extra={"namespaces": list(operator.namespaces) or "all"})
 
         @kopf.on.login()
@@ -61,6 +79,7 @@ def build_registry(operator: OperatorSettings) -> kopf.OperatorRegistry:
         async def cleanup(memo: kopf.Memo, **_: Any) -> None:
             ctx: OperatorContext | None = memo.get("ctx")
             if ctx is not None:
+                await ctx.pool.close()
                 await ctx.client.close()
 
     return registry

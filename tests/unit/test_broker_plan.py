@@ -9,6 +9,7 @@ checks the same against the real broker.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -19,10 +20,11 @@ from mqtt_operator.broker import commands as cmd
 from mqtt_operator.broker.acl import (
     PRIORITY_MAX,
     AclPolicyError,
+    PolicyRoles,
     Rule,
     Subject,
+    is_policy_role,
     merge_grants,
-    policy_role_prefix,
     policy_roles,
     role_priority,
 )
@@ -69,7 +71,7 @@ class FakeDynsec:
         for command in commands:
             getattr(self, "do_" + command.name)(**command.fields)
 
-    def do_createRole(self, rolename: str, acls: list[dict[str, Any]] = (), **texts: str) -> None:  # type: ignore[assignment]
+    def do_createRole(self, rolename: str, acls: Sequence[dict[str, Any]] = (), **texts: str) -> None:
         assert rolename not in self.roles
         self.roles[rolename] = BrokerRole(rolename, None, texts.get("textdescription"), cmd.parse_acls(acls))
 
@@ -95,18 +97,10 @@ class FakeDynsec:
         self.roles[rolename] = replace(role, acls=tuple(a for a in role.acls if a.key != (acltype, topic)))
         self.kicked |= self.holders(rolename)
 
-    def do_createClient(
-        self, username: str, password: str, roles: list[dict[str, Any]] = (), **texts: str
-    ) -> None:  # type: ignore[assignment]
+    def do_createClient(self, username: str, password: str, **texts: str) -> None:
         assert username not in self.clients and password
-        for grant in roles:
-            assert grant["rolename"] in self.roles, "Role not found"
         self.clients[username] = BrokerClient(
-            username,
-            texts.get("clientid"),
-            texts.get("textname"),
-            texts.get("textdescription"),
-            cmd.parse_grants(roles),
+            username, texts.get("clientid"), texts.get("textname"), texts.get("textdescription")
         )
 
     def do_modifyClient(self, username: str, **texts: str) -> None:
@@ -186,13 +180,15 @@ ALICE = DesiredClient(
 # -- planner ----------------------------------------------------------------------------------------
 
 
-def test_new_objects_are_created_roles_first_with_grants_inline() -> None:
+def test_new_objects_are_created_roles_first_and_grants_added_one_by_one() -> None:
     p = run([ALICE], [ROLE], empty_broker())
-    assert names(p) == ["createRole", "createClient"]
+    assert names(p) == ["createRole", "createClient", "addClientRole"]
     create_client = p.commands[1]
-    assert create_client.fields["roles"] == [{"rolename": "mqop:fleet#allow", "priority": 0}]
+    # Never createClient's `roles` field: Mosquitto 2.0 then links the role one way only (see commands.py).
+    assert "roles" not in create_client.fields
     assert create_client.fields["textname"] == f"{MARK} ns/alice"
     assert create_client.fields["textdescription"] == "a car"
+    assert dict(p.commands[2].fields) == {"username": "alice", "rolename": "mqop:fleet#allow", "priority": 0}
 
 
 def test_applied_plan_leaves_nothing_to_do_and_kicks_no_one() -> None:
@@ -251,12 +247,20 @@ def test_client_roles_are_added_and_removed_by_difference_and_a_new_priority_rep
     ]
 
 
-def test_roles_given_by_hand_stay_on_an_owned_client() -> None:
+def test_roles_given_by_hand_stay_on_an_owned_client_unless_desired_with_another_priority() -> None:
     fake = empty_broker()
     fake.roles["ops"] = BrokerRole("ops")
     fake.apply(run([ALICE], [ROLE], fake).commands)
     fake.do_addClientRole("alice", "ops", 5)
     assert run([ALICE], [ROLE], fake).commands == ()
+    wants_ops = replace(ALICE, roles=(*ALICE.roles, RoleGrant("ops", 1)))
+    p = run([wants_ops], [ROLE], fake)
+    assert [(c.name, c.fields.get("rolename")) for c in p.commands] == [
+        ("removeClientRole", "ops"),
+        ("addClientRole", "ops"),
+    ]
+    fake.apply(p.commands)
+    assert run([wants_ops], [ROLE], fake).commands == ()
 
 
 def test_only_owned_objects_are_deleted_and_admin_never() -> None:
@@ -349,6 +353,12 @@ def test_default_acl_access_is_set_first_when_it_differs() -> None:
     )
 
 
+def test_a_grant_of_an_owned_role_that_is_not_desired_is_refused_when_pruning() -> None:
+    with pytest.raises(ValueError, match="not a desired role"):
+        run([ALICE], [], empty_broker())
+    assert names(run([ALICE], [], empty_broker(), prune=False)) == ["createClient", "addClientRole"]
+
+
 def test_duplicate_desired_names_and_acl_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="'alice' more than once"):
         run([ALICE, ALICE], [], empty_broker())
@@ -424,178 +434,187 @@ def test_broker_error_strings_become_typed_errors() -> None:
 # -- AclPolicy translation --------------------------------------------------------------------------
 
 
-def roles_of(result: Any) -> dict[str, set[tuple[str, str, bool]]]:
+def roles_of(result: PolicyRoles) -> dict[str, set[tuple[str, str, bool]]]:
     return {r.rolename: {(a.acltype, a.topic, a.allow) for a in r.acls} for r in result.roles}
 
 
+def translate(rules: list[Rule], priority: int = 0, *subjects: Subject) -> PolicyRoles:
+    return policy_roles("ns/p", rules, priority, subjects, role_prefix="mqop:")
+
+
 def test_actions_map_to_acl_types_and_subscribe_also_allows_the_share_form() -> None:
-    result = policy_roles(
-        "ns/fleet",
-        [Rule("allow", ("publish", "subscribe", "receive"), ("vehicles/#",))],
-        0,
-        [Subject("alice")],
-        role_prefix="mqop:",
+    result = translate(
+        [Rule("allow", ("publish", "subscribe", "receive"), ("vehicles/#",))], 0, Subject("alice")
     )
     assert roles_of(result) == {
-        "mqop:ns/fleet#allow": {
+        "mqop:ns/p": {
             ("publishClientSend", "vehicles/#", True),
             ("publishClientReceive", "vehicles/#", True),
             ("subscribePattern", "vehicles/#", True),
             ("subscribePattern", "$share/+/vehicles/#", True),
         }
     }
-    assert result.grants == {"alice": (RoleGrant("mqop:ns/fleet#allow", 0),)}
+    assert result.role_name == "mqop:ns/p" and result.acl_count == 4
+    assert result.grants == {"alice": (RoleGrant("mqop:ns/p", 0),)}
     assert result.warnings == ()
     assert not any(a.acltype.startswith("unsubscribe") for r in result.roles for a in r.acls)
 
 
 def test_a_denied_subscription_is_denied_in_the_share_form_too_and_hash_needs_no_second_entry() -> None:
-    result = policy_roles("p", [Rule("deny", ("subscribe",), ("secret/#", "#"))], 0, [], role_prefix="mqop:")
-    assert roles_of(result)["mqop:p#deny"] == {
+    result = translate([Rule("deny", ("subscribe",), ("secret/#", "#"))])
+    assert roles_of(result)["mqop:ns/p"] == {
         ("subscribePattern", "secret/#", False),
         ("subscribePattern", "$share/+/secret/#", False),
         ("subscribePattern", "#", False),
     }
 
 
-def test_an_explicit_share_filter_grants_exactly_that_form_and_only_for_subscribe() -> None:
-    result = policy_roles(
-        "p",
+def test_the_shared_role_exists_before_any_user_is_named() -> None:
+    result = translate([Rule("allow", ("publish",), ("a",))])
+    assert [r.rolename for r in result.roles] == ["mqop:ns/p"] and result.grants == {}
+
+
+def test_earlier_rules_get_higher_acl_priority_and_keep_a_repeated_topic() -> None:
+    result = translate(
         [
-            Rule("allow", ("subscribe",), ("$share/ns.conn/vehicles/#",)),
-            Rule("allow", ("receive",), ("vehicles/#",)),
-        ],
-        0,
-        [],
-        role_prefix="mqop:",
+            Rule("deny", ("publish",), ("vehicles/secret/#",)),
+            Rule("allow", ("publish",), ("vehicles/#", "vehicles/secret/#")),
+        ]
     )
-    assert ("subscribePattern", "$share/ns.conn/vehicles/#", True) in roles_of(result)["mqop:p#allow"]
-    assert ("subscribePattern", "$share/+/$share/ns.conn/vehicles/#", True) not in roles_of(result)[
-        "mqop:p#allow"
-    ]
-    with pytest.raises(AclPolicyError, match="only 'subscribe'"):
-        policy_roles("p", [Rule("allow", ("publish",), ("$share/g/x",))], 0, [], role_prefix="mqop:")
+    (role,) = result.roles
+    assert {(a.topic, a.priority, a.allow) for a in role.acls} == {
+        ("vehicles/secret/#", 2, False),
+        ("vehicles/#", 1, True),
+    }
 
 
-def test_percent_u_becomes_one_role_per_user_and_other_rules_stay_shared() -> None:
-    result = policy_roles(
-        "ns/devices",
+def test_percent_u_gives_each_user_a_role_with_all_rules_of_the_policy() -> None:
+    result = translate(
         [
-            Rule("allow", ("publish",), ("devices/%u/#", "telemetry")),
             Rule("deny", ("publish",), ("devices/%u/admin",)),
+            Rule("allow", ("publish",), ("devices/%u/#", "telemetry")),
         ],
         3,
-        [Subject("bob"), Subject("alice")],
-        role_prefix="mqop:",
+        Subject("bob"),
+        Subject("alice"),
     )
     assert roles_of(result) == {
-        "mqop:ns/devices#allow": {("publishClientSend", "telemetry", True)},
-        "mqop:ns/devices#allow@alice": {("publishClientSend", "devices/alice/#", True)},
-        "mqop:ns/devices#allow@bob": {("publishClientSend", "devices/bob/#", True)},
-        "mqop:ns/devices#deny@alice": {("publishClientSend", "devices/alice/admin", False)},
-        "mqop:ns/devices#deny@bob": {("publishClientSend", "devices/bob/admin", False)},
+        "mqop:ns/p@alice": {
+            ("publishClientSend", "devices/alice/admin", False),
+            ("publishClientSend", "devices/alice/#", True),
+            ("publishClientSend", "telemetry", True),
+        },
+        "mqop:ns/p@bob": {
+            ("publishClientSend", "devices/bob/admin", False),
+            ("publishClientSend", "devices/bob/#", True),
+            ("publishClientSend", "telemetry", True),
+        },
     }
-    assert result.grants["alice"] == (
-        RoleGrant("mqop:ns/devices#allow", 6),
-        RoleGrant("mqop:ns/devices#allow@alice", 6),
-        RoleGrant("mqop:ns/devices#deny@alice", 7),
-    )
-    assert all(r.rolename.startswith(policy_role_prefix("ns/devices", "mqop:")) for r in result.roles)
+    assert result.grants == {
+        "alice": (RoleGrant("mqop:ns/p@alice", 7),),
+        "bob": (RoleGrant("mqop:ns/p@bob", 7),),
+    }
+    assert all(is_policy_role(r.rolename, "ns/p", "mqop:") for r in result.roles)
+    assert not is_policy_role("mqop:ns/p2", "ns/p", "mqop:")
 
 
-def test_percent_c_needs_a_pinned_client_id() -> None:
-    rule = Rule("allow", ("publish",), ("cars/%c/state",))
-    pinned = policy_roles("p", [rule], 0, [Subject("alice", clientid="car-17")], role_prefix="mqop:")
-    assert roles_of(pinned) == {"mqop:p#allow@alice": {("publishClientSend", "cars/car-17/state", True)}}
-    with pytest.raises(AclPolicyError) as refused:
-        policy_roles(
-            "p", [rule], 0, [Subject("alice", clientid="car-17"), Subject("bob")], role_prefix="mqop:"
-        )
-    message = str(refused.value)
-    assert "'bob'" in message and "%c" in message and "client id" in message and "'alice'" not in message
+def test_percent_c_is_the_pinned_client_id_and_without_one_allow_is_withheld_and_deny_widened() -> None:
+    rules = [Rule("deny", ("publish",), ("cars/%c/admin",)), Rule("allow", ("publish",), ("cars/%c/#",))]
+    result = translate(rules, 0, Subject("alice", clientid="car-17"), Subject("bob"))
+    assert roles_of(result) == {
+        "mqop:ns/p@alice": {
+            ("publishClientSend", "cars/car-17/admin", False),
+            ("publishClientSend", "cars/car-17/#", True),
+        },
+        "mqop:ns/p@bob": {("publishClientSend", "cars/+/admin", False)},
+    }
+    assert len(result.warnings) == 2
+    assert all("'bob'" in w and "clientId" in w for w in result.warnings)
+    only_allow = translate([Rule("allow", ("publish",), ("cars/%c/#",))], 0, Subject("bob"))
+    assert only_allow.roles == () and only_allow.grants == {}
 
 
 @pytest.mark.parametrize("username", ["a/b", "+", "x#"])
 def test_a_username_that_would_change_the_topic_shape_is_refused(username: str) -> None:
-    with pytest.raises(AclPolicyError, match="would change what the topic matches"):
-        policy_roles(
-            "p", [Rule("allow", ("publish",), ("d/%u",))], 0, [Subject(username)], role_prefix="mqop:"
-        )
+    with pytest.raises(AclPolicyError, match="would change what"):
+        translate([Rule("allow", ("publish",), ("d/%u",))], 0, Subject(username))
+    translate([Rule("allow", ("publish",), ("d/x",))], 0, Subject(username))  # no pattern: nothing to break
 
 
 @pytest.mark.parametrize(
     ("topic", "why"),
-    [("", "is empty"), ("a/#/b", "'#'"), ("a/b#", "'#'"), ("a+/b", "'\\+'"), ("$share/+/x", "literal group")],
+    [
+        ("", "is empty"),
+        ("a/#/b", "'#'"),
+        ("a/b#", "'#'"),
+        ("a+/b", "'\\+'"),
+        ("$share/g/x", "\\$share"),
+        ("a/%x", "'%'"),
+    ],
 )
 def test_invalid_topics_are_refused_with_a_reason(topic: str, why: str) -> None:
     with pytest.raises(AclPolicyError, match=f"rule 1: topic .* {why}"):
-        policy_roles("p", [Rule("allow", ("subscribe",), (topic,))], 0, [], role_prefix="mqop:")
+        translate([Rule("allow", ("subscribe",), (topic,))])
 
 
 def test_unknown_actions_and_out_of_range_priority_are_refused_together() -> None:
     with pytest.raises(AclPolicyError) as refused:
-        policy_roles("p", [Rule("allow", ("write",), ("a",))], PRIORITY_MAX + 1, [], role_prefix="mqop:")  # type: ignore[arg-type]
+        translate([Rule("allow", ("write",), ("a",))], PRIORITY_MAX + 1)  # type: ignore[arg-type]
     assert "priority" in str(refused.value) and "'write'" in str(refused.value)
 
 
-def test_subscribe_without_receive_warns_because_receive_is_denied_by_default() -> None:
-    result = policy_roles("p", [Rule("allow", ("subscribe",), ("a/#",))], 0, [], role_prefix="mqop:")
-    assert len(result.warnings) == 1 and "receive" in result.warnings[0]
+def test_subscribe_without_receive_warns_both_ways() -> None:
+    # Allowed: receiving is denied by default, so the subscription would deliver nothing.
+    result = translate([Rule("allow", ("subscribe",), ("a/#",))])
+    assert len(result.warnings) == 1 and "unless a policy allows receive" in result.warnings[0]
+    # Denied: a wider allowed subscription still delivers these topics.
+    result = translate(
+        [Rule("deny", ("subscribe",), ("a/secret/#",)), Rule("allow", ("subscribe", "receive"), ("a/#",))]
+    )
+    assert len(result.warnings) == 1 and "add 'receive'" in result.warnings[0]
+    assert translate([Rule("deny", ("subscribe", "receive"), ("a/secret/#",))]).warnings == ()
 
 
 def test_priority_mapping() -> None:
-    assert role_priority(0, "allow") == 0
-    assert role_priority(0, "deny") == 1
-    assert role_priority(5, "allow") == 10
-    assert role_priority(-2, "deny") == -3
+    assert role_priority(0, has_deny=False) == 0
+    assert role_priority(0, has_deny=True) == 1
+    assert role_priority(5, has_deny=False) == 10
+    assert role_priority(-2, has_deny=True) == -3
 
 
-def _broker_with_policies(*policies: tuple[str, int, Rule]) -> FakeDynsec:
+def _broker_with_policies(*policies: tuple[str, int, list[Rule]]) -> FakeDynsec:
     results = [
-        policy_roles(name, [rule], prio, [Subject("car")], role_prefix="mqop:")
-        for name, prio, rule in policies
+        policy_roles(name, rules, prio, [Subject("car")], role_prefix="mqop:")
+        for name, prio, rules in policies
     ]
-    grants = merge_grants(results)
     fake = empty_broker()
-    desired_roles = [role for r in results for role in r.roles]
-    fake.apply(run([DesiredClient("car", "car-password-1", grants["car"])], desired_roles, fake).commands)
+    client = DesiredClient("car", "car-password-1", merge_grants(results)["car"])
+    fake.apply(run([client], [role for r in results for role in r.roles], fake).commands)
     return fake
 
 
+OPEN = [Rule("allow", ("publish",), ("vehicles/#",))]
+LOCK = [Rule("deny", ("publish",), ("vehicles/secret/#",))]
+
+
 def test_a_deny_with_higher_priority_wins_over_an_allow_from_another_policy() -> None:
-    fake = _broker_with_policies(
-        ("open", 0, Rule("allow", ("publish",), ("vehicles/#",))),
-        ("lock", 10, Rule("deny", ("publish",), ("vehicles/secret/#",))),
-    )
+    fake = _broker_with_policies(("open", 0, OPEN), ("lock", 10, LOCK))
     assert fake.may_publish("car", "vehicles/1/state")
     assert not fake.may_publish("car", "vehicles/secret/x")
 
 
-def test_an_allow_with_higher_priority_wins_over_a_deny_and_at_equal_priority_deny_wins() -> None:
-    higher_allow = _broker_with_policies(
-        ("lock", 0, Rule("deny", ("publish",), ("vehicles/#",))),
-        ("zz-open", 1, Rule("allow", ("publish",), ("vehicles/#",))),
+def test_an_allow_with_higher_priority_wins_and_at_equal_priority_the_policy_with_deny_first() -> None:
+    assert _broker_with_policies(("zz-open", 1, OPEN), ("lock", 0, LOCK)).may_publish(
+        "car", "vehicles/secret/x"
     )
-    assert higher_allow.may_publish("car", "vehicles/1")
-    # "a-open" sorts before "lock": by name Mosquitto would check it first; the odd priority of deny decides.
-    equal = _broker_with_policies(
-        ("a-open", 0, Rule("allow", ("publish",), ("vehicles/#",))),
-        ("lock", 0, Rule("deny", ("publish",), ("vehicles/#",))),
-    )
-    assert not equal.may_publish("car", "vehicles/1")
+    # "a-open" sorts before "lock", so by name alone Mosquitto would check it first.
+    equal = _broker_with_policies(("a-open", 0, OPEN), ("lock", 0, LOCK))
+    assert not equal.may_publish("car", "vehicles/secret/x")
 
 
-def test_within_one_policy_deny_wins_over_allow() -> None:
-    result = policy_roles(
-        "p",
-        [Rule("allow", ("publish",), ("vehicles/#",)), Rule("deny", ("publish",), ("vehicles/secret/#",))],
-        0,
-        [Subject("car")],
-        role_prefix="mqop:",
-    )
-    fake = empty_broker()
-    fake.apply(
-        run([DesiredClient("car", "car-password-1", result.grants["car"])], list(result.roles), fake).commands
-    )
-    assert fake.may_publish("car", "vehicles/1")
-    assert not fake.may_publish("car", "vehicles/secret/1")
+def test_within_one_policy_the_earlier_rule_wins() -> None:
+    deny_first = _broker_with_policies(("p", 0, [*LOCK, *OPEN]))
+    assert deny_first.may_publish("car", "vehicles/1")
+    assert not deny_first.may_publish("car", "vehicles/secret/1")
+    allow_first = _broker_with_policies(("p", 0, [*OPEN, *LOCK]))
+    assert allow_first.may_publish("car", "vehicles/secret/1")

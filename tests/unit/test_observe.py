@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from mqtt_operator.api.kinds import PAUSE_ANNOTATION
-from mqtt_operator.handlers.observe import Outcome, desired_status, is_paused
+from mqtt_operator.controllers.outcome import ConditionUpdate, Outcome
+from mqtt_operator.handlers.observe import desired_status, is_paused
 from mqtt_operator.kube.status import status_changes
 
 
@@ -28,7 +29,8 @@ def body(
 
 def test_outcome_sets_observed_generation_conditions_and_fields() -> None:
     status = desired_status(
-        body(), Outcome(conditions=(("Ready", "True", "Synced", "ok"),), fields={"username": "u"})
+        body(),
+        Outcome(conditions=(ConditionUpdate("Ready", "True", "Synced", "ok"),), fields={"username": "u"}),
     )
     assert status["observedGeneration"] == 2
     assert status["username"] == "u"
@@ -47,13 +49,15 @@ def test_paused_object_gets_only_the_paused_condition() -> None:
 
 def test_unpausing_removes_the_paused_condition() -> None:
     paused = desired_status(body(annotations={PAUSE_ANNOTATION: "true"}), None)
-    resumed = desired_status(body(status=paused), Outcome(conditions=(("Ready", "True", "Synced", ""),)))
+    resumed = desired_status(
+        body(status=paused), Outcome(conditions=(ConditionUpdate("Ready", "True", "Synced", ""),))
+    )
     assert [c["type"] for c in resumed["conditions"]] == ["Ready"]
     assert not is_paused(body(annotations={PAUSE_ANNOTATION: "false"}))
 
 
 def test_unchanged_status_means_no_write() -> None:
-    outcome = Outcome(conditions=(("Ready", "True", "Synced", ""),))
+    outcome = Outcome(conditions=(ConditionUpdate("Ready", "True", "Synced", ""),))
     first = desired_status(body(), outcome)
     second = desired_status(body(status=first), outcome)
     assert status_changes(first, second) == {}

@@ -86,7 +86,7 @@ class PolicyRoles:
 
     `role_name` is the shared role, or for a per-user policy the stem of ``<role_name>@<username>``;
     `grants` maps each username to the grants to merge into its client; `warnings` are sentences
-    for the policy's status (rules not granted, subscribe without receive).
+    for the policy's status (rules not granted, subscribe without receive and the reverse).
     """
 
     role_name: str
@@ -278,10 +278,18 @@ def _subject_problems(rules: Sequence[Rule], people: Sequence[Subject]) -> list[
 
 
 def _receive_warnings(rules: Sequence[Rule]) -> list[str]:
-    if DENY_BY_DEFAULT.publish_client_receive:
-        return []
-    receivable = {t for r in rules if r.effect == "allow" and "receive" in r.actions for t in r.topics}
     out: list[str] = []
+    for rule_no, rule in enumerate(rules, start=1):
+        # Mosquitto grants a SUBSCRIBE whose filter the deny does not cover (vehicles/# past a deny of
+        # vehicles/secret/#), then delivers by publishClientReceive alone (measured).
+        if rule.effect == "deny" and "subscribe" in rule.actions and "receive" not in rule.actions:
+            out.append(
+                f"rule {rule_no} denies subscribe but not receive: a client allowed a wider filter still "
+                f"gets messages on {', '.join(map(repr, rule.topics))}; add 'receive' to stop them"
+            )
+    if DENY_BY_DEFAULT.publish_client_receive:
+        return out
+    receivable = {t for r in rules if r.effect == "allow" and "receive" in r.actions for t in r.topics}
     for rule_no, rule in enumerate(rules, start=1):
         if rule.effect != "allow" or "subscribe" not in rule.actions:
             continue

@@ -17,6 +17,7 @@ this class's state is only ever touched on the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -40,7 +41,7 @@ from mqtt_operator.broker.errors import (
     ClientNotFound,
     RoleNotFound,
 )
-from mqtt_operator.broker.model import Acl, AclType, BrokerClient, BrokerRole, DefaultAclAccess, RoleGrant
+from mqtt_operator.broker.model import Acl, AclType, BrokerClient, BrokerRole, DefaultAclAccess
 from mqtt_operator.logs import register_secret
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,10 @@ class DynsecClient:
     # -- paho callbacks: run on paho's thread, so each only hands over to the event loop -----------
 
     def _hand_over(self, callback: Any, *args: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
+        if self._loop is None:
+            return
+        # RuntimeError: the event loop is closed, and nobody is left to tell.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
 
     def _cb_connect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
@@ -255,6 +259,7 @@ class DynsecClient:
         if client is not self._paho:
             return  # a connection we already dropped
         self._connected = False
+        log.info("lost the connection to the broker: %s", reason, extra={"broker": self.address})
         self._fail_all(BrokerUnreachable(f"lost the connection to the broker at {self.address}: {reason}"))
 
     def _on_suback(self, mid: int, codes: list[ReasonCode]) -> None:
@@ -388,16 +393,11 @@ class DynsecClient:
         clientid: str | None = None,
         textname: str | None = None,
         textdescription: str | None = None,
-        roles: Sequence[RoleGrant] = (),
     ) -> None:
+        """A client without roles; give it roles with `add_client_role` (see commands.create_client)."""
         await self._one(
             cmd.create_client(
-                username,
-                password,
-                clientid=clientid,
-                textname=textname,
-                textdescription=textdescription,
-                roles=roles,
+                username, password, clientid=clientid, textname=textname, textdescription=textdescription
             )
         )
 

@@ -88,10 +88,6 @@ def result_from_response(command: Command, response: Mapping[str, Any]) -> Resul
 # -- builders ---------------------------------------------------------------------------------------
 
 
-def _grants(roles: Iterable[RoleGrant]) -> list[dict[str, Any]]:
-    return [{"rolename": grant.rolename, "priority": grant.priority} for grant in roles]
-
-
 def _acl(acl: Acl) -> dict[str, Any]:
     return {"acltype": acl.acltype, "topic": acl.topic, "priority": acl.priority, "allow": acl.allow}
 
@@ -115,13 +111,16 @@ def create_client(
     clientid: str | None = None,
     textname: str | None = None,
     textdescription: str | None = None,
-    roles: Iterable[RoleGrant] = (),
 ) -> Command:
+    """A new client without roles: give it roles with `add_client_role`, never with a `roles` field.
+
+    Mosquitto 2.0.11 (and every 2.0.x up to 2.0.20 by its source) links roles passed to
+    createClient or modifyClient to the client only, not the client to the role. Changing such a
+    role's ACLs then disconnects nobody, and deleting it leaves the client pointing at freed memory:
+    the broker crashed (SIGBUS) on that client's next PUBLISH when we tried. addClientRole links both.
+    """
     fields: dict[str, Any] = {"username": username, "password": password}
     fields.update(_optional(clientid=clientid, textname=textname, textdescription=textdescription))
-    grants = _grants(roles)
-    if grants:
-        fields["roles"] = grants
     return Command("createClient", fields)
 
 

@@ -7,8 +7,10 @@ changed role is edited ACL by ACL rather than recreated, and nothing the operato
 ever touched.
 
 Order of the commands (the broker runs them in order, and one message's commands as one step):
-default ACL access, then roles (created before the clients that use them), then clients, then
-deletions (clients first, so a role is never deleted while we still hand it out).
+default ACL access, then roles (created before the clients that use them), then clients (created
+bare, then granted their roles one by one: see `commands.create_client` for why), then deletions:
+clients, then roles (deleting a role takes it from every holder, so no removeClientRole is sent
+for it).
 
 `plan(desired, state after applying plan(desired, state)) == no commands`: that is tested.
 """
@@ -39,7 +41,7 @@ _T = TypeVar("_T")
 class Conflict:
     """A desired object left alone because the broker already has one of that name we do not own."""
 
-    kind: str  # "client" or "role"
+    kind: str  # "client": role names carry the operator's prefix, so only clients can collide
     name: str
 
     @property
@@ -87,9 +89,15 @@ def plan(
             raise ValueError(
                 f"role {rolename!r} does not start with the operator's prefix {ownership.role_prefix!r}"
             )
-    for username in wanted_clients:
+    for username, client in wanted_clients.items():
         if username in ownership.protected_clients:
             raise ValueError(f"client {username!r} is reserved for the operator's admin account")
+        for grant in client.roles:
+            # With prune such a role would be deleted right after being granted: the inputs disagree.
+            if prune and ownership.owns_role(grant.rolename) and grant.rolename not in wanted_roles:
+                raise ValueError(
+                    f"client {username!r} is granted {grant.rolename!r}, which is not a desired role"
+                )
     have_clients = {c.username: c for c in actual_clients}
     have_roles = {r.rolename: r for r in actual_roles}
 
@@ -158,15 +166,17 @@ def _client_commands(
 ) -> list[Command]:
     textname = ownership.client_textname(client.owner)
     if have is None:
+        created = cmd.create_client(
+            client.username,
+            client.password,
+            clientid=client.clientid,
+            textname=textname,
+            textdescription=client.description or None,
+        )
+        # One addClientRole per grant, not createClient's `roles` field: see commands.create_client.
         return [
-            cmd.create_client(
-                client.username,
-                client.password,
-                clientid=client.clientid,
-                textname=textname,
-                textdescription=client.description or None,
-                roles=sorted(client.roles),
-            )
+            created,
+            *(cmd.add_client_role(client.username, g.rolename, g.priority) for g in sorted(client.roles)),
         ]
     out: list[Command] = []
     if have.disabled:
@@ -186,8 +196,12 @@ def _client_commands(
     want = {grant.rolename: grant for grant in client.roles}
     current = {grant.rolename: grant for grant in have.roles}
     for name, grant in sorted(current.items()):
-        # Roles we do not own (given by hand) stay; roles about to be deleted leave with the deletion.
-        if ownership.owns_role(name) and want.get(name) != grant and name not in doomed_roles:
+        if name in want:
+            stale = want[name] != grant  # a new priority: the broker only adds, so remove first
+        else:
+            # Roles we do not own (given by hand) stay; roles about to be deleted leave with the deletion.
+            stale = ownership.owns_role(name) and name not in doomed_roles
+        if stale:
             out.append(cmd.remove_client_role(client.username, name))
     for name, grant in sorted(want.items()):
         if current.get(name) != grant:

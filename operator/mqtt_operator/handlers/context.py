@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from lightkube import AsyncClient
 
+from mqtt_operator.broker.pool import BrokerPool
+from mqtt_operator.controllers.access import AccessSync
 from mqtt_operator.settings import OperatorSettings
 
 
@@ -13,3 +15,5 @@ from mqtt_operator.settings import OperatorSettings
 class OperatorContext:
     settings: OperatorSettings
     client: AsyncClient
+    pool: BrokerPool
+    access: AccessSync

@@ -1,37 +1,28 @@
-"""The reconcile entry shared by all six kinds: pause handling, observedGeneration, conditions.
+"""The reconcile entry shared by all six kinds: pause handling, status, events, retries.
 
-The per-kind behaviour plugs in as a `Reconciler`; kinds without one yet report that honestly in
-their Ready condition instead of pretending to be reconciled.
+A kind's reconciler (in controllers/) returns an Outcome; this module turns it into
+`status.observedGeneration` and conditions (through the one conditions helper), an Event when the
+status changed, and a kopf retry when the outcome asks for one. Kinds without a reconciler yet
+report that honestly in their Ready condition.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from mqtt_operator.api.conditions import Condition, parse_conditions, remove_condition, set_condition
-from mqtt_operator.api.kinds import ALL_KINDS, GROUP, PAUSE_ANNOTATION, VERSION, Kind
+from mqtt_operator.api.kinds import ALL_KINDS, PAUSE_ANNOTATION, Kind
+from mqtt_operator.controllers.outcome import Outcome, not_ready
 from mqtt_operator.handlers.context import OperatorContext
-from mqtt_operator.kube.status import write_status
+from mqtt_operator.kube.events import record_event
+from mqtt_operator.kube.status import status_changes, write_status
 
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a reconciler found: the conditions to set and any other status fields."""
-
-    conditions: tuple[tuple[str, Any, str, str], ...] = ()  # (type, status, reason, message)
-    fields: Mapping[str, Any] = field(default_factory=dict)
-
-
-Reconciler = Callable[[Mapping[str, Any], OperatorContext], Awaitable[Outcome]]
-_reconcilers: dict[str, Reconciler] = {}
-
-
-def register(kind: Kind, reconciler: Reconciler) -> None:
-    _reconcilers[kind.kind] = reconciler
+log = logging.getLogger(__name__)
+Reconciler = Callable[[Mapping[str, Any], OperatorContext, Mapping[str, Any]], Awaitable[Outcome]]
 
 
 def is_paused(body: Mapping[str, Any]) -> bool:
@@ -55,8 +46,10 @@ def desired_status(body: Mapping[str, Any], outcome: Outcome | None) -> dict[str
         )
         return {"conditions": [c.to_api() for c in conditions]}
     conditions = remove_condition(conditions, "ReconciliationPaused")
-    for type_, cond_status, reason, message in outcome.conditions:
-        conditions = set_condition(conditions, type_, cond_status, reason, message, generation)
+    for update in outcome.conditions:
+        conditions = set_condition(
+            conditions, update.type, update.status, update.reason, update.message, generation
+        )
     return {
         **outcome.fields,
         "observedGeneration": generation,
@@ -64,37 +57,50 @@ def desired_status(body: Mapping[str, Any], outcome: Outcome | None) -> dict[str
     }
 
 
-async def not_yet_reconciled(body: Mapping[str, Any], ctx: OperatorContext) -> Outcome:
-    return Outcome(
-        conditions=(
-            (
-                "Ready",
-                "False",
-                "NotImplemented",
-                f"this version of mqtt-operator accepts {body['kind']} objects "
-                "but does not reconcile them yet",
-            ),
+async def not_yet_reconciled(body: Mapping[str, Any], ctx: OperatorContext, _: Mapping[str, Any]) -> Outcome:
+    return not_ready(
+        "NotImplemented",
+        f"this version of mqtt-operator accepts {body['kind']} objects but does not reconcile them yet",
+        warn=False,
+    )
+
+
+def kind_of(body: Mapping[str, Any]) -> Kind:
+    return next(k for k in ALL_KINDS if k.kind == body["kind"])
+
+
+async def record(ctx: OperatorContext, body: Mapping[str, Any], outcome: Outcome | None) -> None:
+    """Write the status the outcome implies (if it differs), an Event if it changed, and ask for a retry."""
+    desired = desired_status(body, outcome)
+    changed = status_changes(body.get("status"), desired)
+    if changed:
+        await write_status(
+            ctx.client,
+            kind_of(body),
+            body["metadata"]["namespace"],
+            body["metadata"]["name"],
+            body.get("status"),
+            desired,
         )
-    )
+        if outcome is not None and outcome.event is not None and "conditions" in changed:
+            type_, reason, message = outcome.event
+            try:
+                await record_event(
+                    ctx.client, body, "Warning" if type_ == "Warning" else "Normal", reason, message
+                )
+            except Exception:  # an Event is a courtesy: never fail a reconcile for it
+                log.warning("could not record an Event", exc_info=True)
+    if outcome is not None and outcome.retry_after is not None:
+        ready = next((c for c in outcome.conditions if c.type == "Ready"), None)
+        raise kopf.TemporaryError(ready.message if ready else "retrying", delay=outcome.retry_after)
 
 
-async def observe(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    ctx: OperatorContext = memo["ctx"]
-    reconciler = _reconcilers.get(body["kind"], not_yet_reconciled)
-    outcome = None if is_paused(body) else await reconciler(body, ctx)
-    kind = next(k for k in ALL_KINDS if k.kind == body["kind"])
-    await write_status(
-        ctx.client,
-        kind,
-        body["metadata"]["namespace"],
-        body["metadata"]["name"],
-        body.get("status"),
-        desired_status(body, outcome),
-    )
+def reconcile_with(reconciler: Reconciler) -> Callable[..., Awaitable[None]]:
+    """A kopf handler that runs `reconciler` unless the object is paused, then records the outcome."""
 
+    async def handler(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        outcome = None if is_paused(body) else await reconciler(body, ctx, kwargs)
+        await record(ctx, body, outcome)
 
-def register_handlers() -> None:
-    """Watch every kind: create, spec/annotation update, and resume after an operator restart."""
-    for kind in ALL_KINDS:
-        for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-            decorator(GROUP, VERSION, kind.plural, id="observe")(observe)
+    return handler

@@ -9,6 +9,9 @@ from typing import Any
 from mqtt_operator.api.kinds import MQTT_INSTANCE
 from mqtt_operator.resources import meta
 
+# The component label of the broker's Pods and of the objects that exist for them (Services, config ...).
+BROKER_COMPONENT = "broker"
+
 
 @dataclass(frozen=True)
 class InstanceIdentity:
@@ -66,7 +69,3 @@ class InstanceIdentity:
         if owned:
             result["ownerReferences"] = [self.owner_reference()]
         return result
-
-
-# The component label of the broker's Pods and of the objects that exist for them (Services, config ...).
-BROKER_COMPONENT = "broker"

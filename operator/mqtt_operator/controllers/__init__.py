@@ -1,0 +1,1 @@
+"""Reconcile logic per kind, without kopf: parse -> build -> apply (through kube/ and broker/) -> outcome."""
