@@ -54,3 +54,6 @@ image: ## Build the one image (operator and bridge workers)
 
 clean: ## Remove the venv and the test environment cache
 	rm -rf $(VENV) $(TESTENV_DIR)
+
+bench: venv testenv ## Run the benchmarks; figures go to bench/results.json
+	$(PY) bench/bench_access.py

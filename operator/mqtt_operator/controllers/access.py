@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -141,6 +142,7 @@ class AccessSync:
         except BrokerError as err:
             return SyncReport(failure=not_ready("BrokerUnreachable", str(err), retry_after=15))
 
+        started = time.monotonic()
         report = SyncReport()
         live_users = [u for u in snap.users if not u.deleting and u.spec is not None]
         subjects = {
@@ -150,6 +152,7 @@ class AccessSync:
         grants = acl.merge_grants(policy_results)
         have = {c.username: c for c in actual_clients}
         user_plans = await self._user_plans(namespace, instance_name, snap, have, report)
+        secrets_done = time.monotonic()
 
         desired_clients, password_changes = [], set()
         for up in user_plans:
@@ -181,6 +184,7 @@ class AccessSync:
             actual_defaults=actual_defaults,
         )
         failed: dict[str, str] = {}
+        broker_started = time.monotonic()
         if result.commands:
             try:
                 results = await broker.execute(result.commands)
@@ -243,6 +247,8 @@ class AccessSync:
                     "instance": f"{namespace}/{instance_name}",
                     "commands": len(result.commands),
                     "failed": len(failed),
+                    "secrets_s": round(secrets_done - started, 3),
+                    "broker_s": round(time.monotonic() - broker_started, 3),
                 },
             )
         return report
