@@ -33,8 +33,8 @@ test-unit: venv ## Only the pure unit tests (no components)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv ## ruff and mypy (strict on the package)
-	$(VENV)/bin/ruff check operator tests testenv hack
-	$(VENV)/bin/ruff format --check operator tests testenv hack
+	$(VENV)/bin/ruff check operator tests testenv hack bench
+	$(VENV)/bin/ruff format --check operator tests testenv hack bench
 	$(VENV)/bin/mypy
 
 dev: venv testenv ## Local control plane + CRDs + the operator in the foreground

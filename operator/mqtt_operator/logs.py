@@ -16,7 +16,10 @@ from typing import Any, Literal
 
 REDACTED = "***"
 _PLAIN = (str, int, float, bool, list, tuple, dict, type(None))
-_secrets: set[str] = set()
+# Secrets are found by their first _KEY characters: a line is scanned once, position by position,
+# with a set lookup each, so the cost does not grow with the thousands of passwords a fleet has.
+_KEY = 6
+_by_prefix: dict[str, tuple[str, ...]] = {}
 _lock = threading.Lock()
 
 # Attributes every LogRecord has; anything else in record.__dict__ came in through `extra=`.
@@ -29,20 +32,32 @@ def register_secret(value: str | bytes | None) -> None:
         return
     text = value.decode(errors="replace") if isinstance(value, bytes) else value
     # Very short values would redact ordinary words; passwords we generate are long.
-    if len(text) >= 6:
-        with _lock:
-            _secrets.add(text)
+    if len(text) < _KEY:
+        return
+    with _lock:
+        same_prefix = _by_prefix.get(text[:_KEY], ())
+        if text not in same_prefix:
+            _by_prefix[text[:_KEY]] = tuple(sorted((*same_prefix, text), key=len, reverse=True))
 
 
 def redact(text: str) -> str:
-    if not _secrets:
+    if not _by_prefix:
         return text
-    with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+    out: list[str] = []
+    i = done = 0
+    while i <= len(text) - _KEY:
+        candidates = _by_prefix.get(text[i : i + _KEY])
+        match = next((s for s in candidates if text.startswith(s, i)), None) if candidates else None
+        if match is None:
+            i += 1
+            continue
+        out.append(text[done:i])
+        out.append(REDACTED)
+        i = done = i + len(match)
+    if not out:
+        return text
+    out.append(text[done:])
+    return "".join(out)
 
 
 class JsonFormatter(logging.Formatter):

@@ -23,6 +23,9 @@ class OperatorSettings:
     broker_addresses: Mapping[str, str] = field(default_factory=dict)
     # How often every broker is compared in full with the declared users and policies.
     drift_period_seconds: float = 30.0
+    # The namespace the operator's own pod runs in (the chart sets POD_NAMESPACE); a broker's
+    # NetworkPolicy lets it in. None outside a cluster.
+    operator_namespace: str | None = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or None)
 
     def __post_init__(self) -> None:
         if self.all_namespaces and self.namespaces:

@@ -422,3 +422,22 @@ def test_deleting_the_instance_first_does_not_leave_users_stuck(stack: Stack) ->
     stack.cp.kubectl("delete", "-n", stack.namespace, MQI, "devices", "--timeout=60s")
     stack.cp.kubectl("delete", "-n", stack.namespace, MQU, "car-6", "--timeout=60s")
     stack.cp.kubectl("delete", "-n", stack.namespace, MQACL, "cars", "--timeout=60s")
+
+
+def test_network_policy_follows_the_spec(stack: Stack) -> None:
+    patch = {
+        "spec": {
+            "networkPolicy": {
+                "enabled": True,
+                "allowFrom": [{"namespaceSelector": {"matchLabels": {"team": "fleet"}}}],
+            }
+        }
+    }
+    stack.cp.kubectl("patch", "-n", stack.namespace, MQI, "devices", "--type=merge", "-p", json.dumps(patch))
+    policy_obj = wait_for("the NetworkPolicy", lambda: stack.get("networkpolicy", "devices-broker"))
+    peers = policy_obj["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"team": "fleet"}}} in peers
+    assert {"podSelector": {"matchLabels": {"mqtt-operator.io/client": "devices"}}} in peers
+    patch["spec"]["networkPolicy"] = {"enabled": False, "allowFrom": []}
+    stack.cp.kubectl("patch", "-n", stack.namespace, MQI, "devices", "--type=merge", "-p", json.dumps(patch))
+    wait_for("the NetworkPolicy to go", lambda: stack.get("networkpolicy", "devices-broker") is None)

@@ -123,7 +123,8 @@ def test_transition_time_kept_across_a_spec_change_and_pause_annotation(
         conds = get(cp, namespace, "authusers.mqtt-operator.io", name)["status"]["conditions"]
         return any(c["type"] == "ReconciliationPaused" and c["status"] == "True" for c in conds)
 
-    wait_for("ReconciliationPaused condition", paused)
+    # A handler waiting to retry (the instance does not exist here) sees the annotation on its next run.
+    wait_for("ReconciliationPaused condition", paused, timeout=60)
     cp.kubectl(
         "annotate",
         "-n",
@@ -132,4 +133,4 @@ def test_transition_time_kept_across_a_spec_change_and_pause_annotation(
         name,
         "mqtt-operator.io/pause-reconciliation-",
     )
-    wait_for("ReconciliationPaused removed", lambda: not paused())
+    wait_for("ReconciliationPaused removed", lambda: not paused(), timeout=60)

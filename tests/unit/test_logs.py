@@ -38,3 +38,20 @@ def test_registered_secret_is_redacted_in_every_format() -> None:
 def test_short_values_are_not_registered() -> None:
     logs.register_secret("abc")
     assert logs.redact("abc abc") == "abc abc"
+
+
+def test_every_occurrence_of_overlapping_and_adjacent_secrets_is_redacted() -> None:
+    logs.register_secret("abcdef-secret-one")
+    logs.register_secret("abcdef-secret-one-longer")
+    line = "a=abcdef-secret-one-longer;b=abcdef-secret-one abcdef-secret-oneabcdef-secret-one"
+    assert logs.redact(line) == "a=***;b=*** ******"
+
+
+def test_redaction_stays_correct_with_thousands_of_secrets() -> None:
+    import secrets
+
+    many = [secrets.token_urlsafe(32) for _ in range(3000)]
+    for value in many:
+        logs.register_secret(value)
+    line = f"first {many[0]} middle {many[1500]} last {many[-1]}"
+    assert logs.redact(line) == "first *** middle *** last ***"

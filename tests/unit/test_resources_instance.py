@@ -28,7 +28,7 @@ from mqtt_operator.resources.mosquitto_conf import (
     check_extra,
     render_mosquitto_conf,
 )
-from mqtt_operator.resources.network_policy import CLIENT_OF_LABEL, NetworkPolicyOptions, network_policy
+from mqtt_operator.resources.network_policy import CLIENT_LABEL, network_policy
 from mqtt_operator.resources.services import client_service, endpoints, headless_service
 from mqtt_operator.resources.statefulset import DEFAULT_IMAGE, statefulset
 from mqtt_operator.resources.templating import render
@@ -211,6 +211,8 @@ class TestMosquittoConf:
             ("max_connections 5", "max_connections"),
             ("user root", "user"),
             ("log_type all\r\npassword_file /etc/passwd", "password_file"),
+            ("connection_messages false", "connection_messages"),
+            ("log_timestamp_format %s", "log_timestamp_format"),
         ],
     )
     def test_extra_setting_a_managed_option_is_refused_naming_it(self, extra: str, key: str) -> None:
@@ -473,6 +475,15 @@ class TestStatefulSet:
         selector = broker_sts(s)["spec"]["selector"]["matchLabels"]
         assert selector.items() <= labels.items()
 
+    def test_pod_template_has_no_version_label_so_an_upgrade_restarts_nothing(self) -> None:
+        sts = broker_sts()
+        assert "app.kubernetes.io/version" not in sts["spec"]["template"]["metadata"]["labels"]
+        assert (
+            sts["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "mqtt-operator"
+        )
+        # The StatefulSet itself keeps it: changing its metadata restarts nothing.
+        assert "app.kubernetes.io/version" in sts["metadata"]["labels"]
+
     def test_pod_annotations_with_the_hash_winning(self) -> None:
         s = spec(podAnnotations={"prometheus.io/scrape": "true", CONFIG_HASH_ANNOTATION: "pinned"})
         annotations = broker_sts(s, "real-hash")["spec"]["template"]["metadata"]["annotations"]
@@ -580,10 +591,11 @@ class TestServices:
 
 class TestNetworkPolicy:
     def test_disabled_builds_nothing(self) -> None:
-        assert network_policy(ID, spec(), NetworkPolicyOptions(enabled=False)) is None
+        assert network_policy(ID, spec(networkPolicy={"enabled": False}), "mqtt-system") is None
+        assert network_policy(ID, spec(), "mqtt-system") is None  # off by default
 
     def test_only_operator_workers_and_labelled_clients_reach_the_broker_ports(self) -> None:
-        policy = network_policy(ID, spec(), NetworkPolicyOptions(enabled=True))
+        policy = network_policy(ID, spec(networkPolicy={"enabled": True}), "mqtt-system")
         assert policy is not None
         assert policy["metadata"]["name"] == "devices-broker"
         assert policy["spec"]["podSelector"] == broker_sts()["spec"]["selector"]
@@ -591,20 +603,50 @@ class TestNetworkPolicy:
         (rule,) = policy["spec"]["ingress"]
         assert rule["from"] == [
             {"podSelector": {"matchLabels": {"app.kubernetes.io/managed-by": "mqtt-operator"}}},
-            {"podSelector": {"matchLabels": {CLIENT_OF_LABEL: "devices"}}},
+            {"podSelector": {"matchLabels": {"mqtt-operator.io/client": "devices"}}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mqtt-system"}}},
         ]
+        assert CLIENT_LABEL == "mqtt-operator.io/client"  # the label the CRD documents
         assert rule["ports"] == [{"protocol": "TCP", "port": 1883}, {"protocol": "TCP", "port": 8080}]
 
-    def test_allowed_namespaces_are_added(self) -> None:
-        policy = network_policy(ID, spec(), NetworkPolicyOptions(True, ("mqtt-system", "mqtt-system", "ops")))
+    def test_allow_from_peers_are_added_as_given(self) -> None:
+        s = spec(
+            networkPolicy={
+                "enabled": True,
+                "allowFrom": [
+                    {"podSelector": {"matchLabels": {"app": "gateway"}}},
+                    {"namespaceSelector": {"matchLabels": {"team": "ops"}}},
+                    {
+                        "podSelector": {"matchLabels": {"app": "ingest"}},
+                        "namespaceSelector": {"matchLabels": {"team": "data"}},
+                    },
+                ],
+            }
+        )
+        policy = network_policy(ID, s, "mqtt-system")
         assert policy is not None
-        namespaces = [
-            p["namespaceSelector"] for p in policy["spec"]["ingress"][0]["from"] if "namespaceSelector" in p
+        assert policy["spec"]["ingress"][0]["from"][2:] == [
+            {"podSelector": {"matchLabels": {"app": "gateway"}}},
+            {"namespaceSelector": {"matchLabels": {"team": "ops"}}},
+            # Both selectors stay one peer: these Pods in these namespaces, not either.
+            {
+                "podSelector": {"matchLabels": {"app": "ingest"}},
+                "namespaceSelector": {"matchLabels": {"team": "data"}},
+            },
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mqtt-system"}}},
         ]
-        assert namespaces == [
-            {"matchLabels": {"kubernetes.io/metadata.name": "mqtt-system"}},
-            {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
-        ]
+
+    def test_no_operator_namespace_peer_when_outside_the_cluster(self) -> None:
+        policy = network_policy(ID, spec(networkPolicy={"enabled": True}), None)
+        assert policy is not None
+        assert not [p for p in policy["spec"]["ingress"][0]["from"] if "namespaceSelector" in p]
+
+    def test_an_empty_allow_from_peer_is_refused(self) -> None:
+        s = spec(
+            networkPolicy={"enabled": True, "allowFrom": [{"podSelector": {"matchLabels": {"a": "b"}}}, {}]}
+        )
+        with pytest.raises(ValueError, match=r"spec\.networkPolicy\.allowFrom\[1\] needs a podSelector"):
+            network_policy(ID, s, "mqtt-system")
 
 
 # --- all objects together ---------------------------------------------------------------------------------
@@ -621,15 +663,24 @@ class TestInstanceObjects:
             ("StatefulSet", "devices"),
         ]
 
-    def test_network_policy_last_when_enabled(self) -> None:
+    def test_network_policy_last_when_enabled_letting_in_the_operator_namespace(self) -> None:
         objects = build_instance_objects(
-            ID, spec(), admin_password=PASSWORD, network=NetworkPolicyOptions(enabled=True)
+            ID,
+            spec(networkPolicy={"enabled": True}),
+            admin_password=PASSWORD,
+            operator_namespace="mqtt-system",
         )
         assert objects[-1]["kind"] == "NetworkPolicy"
+        assert {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mqtt-system"}}
+        } in objects[-1]["spec"]["ingress"][0]["from"]
 
     def test_all_in_the_instance_namespace_with_our_labels(self) -> None:
         for obj in build_instance_objects(
-            ID, spec(), admin_password=PASSWORD, network=NetworkPolicyOptions(enabled=True)
+            ID,
+            spec(networkPolicy={"enabled": True}),
+            admin_password=PASSWORD,
+            operator_namespace="mqtt-system",
         ):
             assert obj["metadata"]["namespace"] == "iot"
             assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "devices"

@@ -33,7 +33,7 @@ from mqtt_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 OWNERSHIP = Ownership(protected_clients=frozenset({ADMIN_USERNAME, "admin"}))
-SECRET_READS_IN_PARALLEL = 16
+SECRET_READS_IN_PARALLEL = 32
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class AccessSync:
                     "InstanceNotFound",
                     f"MqttInstance {instance_name!r} does not exist in namespace {namespace!r}: "
                     "create it or correct spec.instanceRef.name",
-                    retry_after=30,
+                    retry_after=10,
                 )
             )
         if not inst.authorization:
@@ -320,7 +320,9 @@ class AccessSync:
             secret: SecretData | None
             async with gate:
                 if entry.generates_password:
-                    secret = await ensure_generated_secret(self.client, entry, snap.instance)
+                    secret = await ensure_generated_secret(
+                        self.client, entry, snap.instance, current is not None
+                    )
                 else:
                     secret = await read_secret(self.client, namespace, entry.secret_name)
             if secret is None:

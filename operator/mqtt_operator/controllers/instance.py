@@ -8,18 +8,20 @@ from typing import Any
 
 from lightkube import ApiError, AsyncClient
 from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.networking_v1 import NetworkPolicy
 from pydantic import ValidationError
 
 from mqtt_operator.api.instance import MqttInstanceSpec
 from mqtt_operator.broker.errors import BrokerError
 from mqtt_operator.broker.pool import BrokerAddress, BrokerPool
 from mqtt_operator.controllers.outcome import ConditionUpdate, Outcome, not_ready
-from mqtt_operator.kube.apply import apply, get
+from mqtt_operator.kube.apply import apply, delete, get
 from mqtt_operator.kube.secrets import read_secret
 from mqtt_operator.logs import register_secret
 from mqtt_operator.resources.admin_secret import ADMIN_USERNAME, admin_secret_name
 from mqtt_operator.resources.identity import InstanceIdentity
 from mqtt_operator.resources.instance import build_instance_objects
+from mqtt_operator.resources.network_policy import network_policy_name
 from mqtt_operator.resources.services import endpoints
 from mqtt_operator.settings import OperatorSettings
 
@@ -43,13 +45,18 @@ async def reconcile_instance(
     current = await read_secret(client, namespace, admin_secret_name(name))
     try:
         objects = build_instance_objects(
-            identity, spec, admin_password=current.data.get("password") if current else None
+            identity,
+            spec,
+            admin_password=current.data.get("password") if current else None,
+            operator_namespace=settings.operator_namespace,
         )
     except ValueError as err:
         return not_ready("InvalidSpec", str(err))
     try:
         for obj in objects:
             await apply(client, obj)
+        if not spec.network_policy.enabled:  # one left from when it was enabled goes
+            await delete(client, NetworkPolicy, namespace, network_policy_name(name))
     except ApiError as err:
         return not_ready(
             "ApplyFailed", f"the API server refused an owned object: {err.status.message}", retry_after=30

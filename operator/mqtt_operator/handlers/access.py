@@ -47,6 +47,12 @@ def auth_users(body: kopf.Body, **_: Any) -> dict[Any, UserEntry]:
     return {(entry.namespace, entry.instance): entry}
 
 
+def password_secrets(body: kopf.Body, **_: Any) -> dict[Any, UserEntry]:
+    """AuthUsers by the Secret their password comes from: a Secret event finds its users at once."""
+    entry = user_entry(body)
+    return {(entry.namespace, entry.secret_name): entry}
+
+
 def acl_policies(body: kopf.Body, **_: Any) -> dict[Any, PolicyEntry]:
     entry = policy_entry(body)
     return {(entry.namespace, entry.instance): entry}
@@ -150,11 +156,8 @@ async def secret_changed(
     version = str(meta.get("resourceVersion", ""))
     instances = {
         entry.instance
-        for (ns, _), store in indexes["auth_users"].items()
-        if ns == namespace
-        for entry in store
-        if entry.secret_name == name
-        and not entry.deleting
+        for entry in indexes["password_secrets"].get((namespace, name), [])
+        if not entry.deleting
         and ctx.access.password_outdated(namespace, entry.instance, entry.username, version)
     }
     for instance in sorted(instances):
@@ -172,6 +175,7 @@ def register(drift_period: float) -> None:
             decorator(GROUP, VERSION, kind.plural, id="reconcile")(handler)
     kopf.index(GROUP, VERSION, MQTT_INSTANCE.plural)(mqtt_instances)
     kopf.index(GROUP, VERSION, AUTH_USER.plural)(auth_users)
+    kopf.index(GROUP, VERSION, AUTH_USER.plural)(password_secrets)
     kopf.index(GROUP, VERSION, ACL_POLICY.plural)(acl_policies)
     kopf.index("", "v1", "secrets")(secret_versions)
     for kind in (AUTH_USER, ACL_POLICY):

@@ -20,6 +20,13 @@ async def apply(client: AsyncClient, obj: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+async def create(client: AsyncClient, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Create `obj`; raises ApiError 409 when it exists (for objects that must never be overwritten)."""
+    live = await client.create(codecs.from_dict(dict(obj)))
+    result: dict[str, Any] = live.to_dict()  # type: ignore[no-untyped-call]
+    return result
+
+
 async def get(
     client: AsyncClient, res: type[NamespacedResource], namespace: str, name: str
 ) -> dict[str, Any] | None:

@@ -43,8 +43,10 @@ class InstanceIdentity:
             }
         )
 
-    def labels(self, component: str, user_labels: Mapping[str, str] | None = None) -> dict[str, str]:
-        return meta.labels(self.kind, self.name, component, user_labels)
+    def labels(
+        self, component: str, user_labels: Mapping[str, str] | None = None, *, include_version: bool = True
+    ) -> dict[str, str]:
+        return meta.labels(self.kind, self.name, component, user_labels, include_version=include_version)
 
     def selector_labels(self, component: str) -> dict[str, str]:
         return meta.selector_labels(self.kind, self.name, component)

@@ -11,16 +11,26 @@ MANAGED_BY = "mqtt-operator"
 
 
 def labels(
-    owner_kind: str, owner_name: str, component: str, user_labels: Mapping[str, str] | None = None
+    owner_kind: str,
+    owner_name: str,
+    component: str,
+    user_labels: Mapping[str, str] | None = None,
+    *,
+    include_version: bool = True,
 ) -> dict[str, str]:
-    """User labels first, then ours: a user label can never override `app.kubernetes.io/*`."""
+    """User labels first, then ours: a user label can never override `app.kubernetes.io/*`.
+
+    `include_version=False` for Pod templates: a label that moves with every operator release would
+    otherwise restart every Pod on an operator upgrade.
+    """
     ours = {
         "app.kubernetes.io/name": owner_kind.lower(),
         "app.kubernetes.io/instance": owner_name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/version": __version__,
     }
+    if include_version:
+        ours["app.kubernetes.io/version"] = __version__
     user = {k: v for k, v in (user_labels or {}).items() if not k.startswith("app.kubernetes.io/")}
     return {**user, **ours}
 

@@ -58,6 +58,8 @@ MANAGED_KEYS: tuple[str, ...] = (
     "max_connections",
     "include_dir",
     "log_dest",
+    "log_timestamp_format",
+    "connection_messages",
     "pid_file",
     "user",
     "cafile",

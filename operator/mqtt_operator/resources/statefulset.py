@@ -197,7 +197,8 @@ def statefulset(
         "persistentVolumeClaimRetentionPolicy": {"whenDeleted": retention, "whenScaled": "Retain"},
         "template": {
             "metadata": {
-                "labels": identity.labels(BROKER_COMPONENT, spec.pod_labels),
+                # No version label: an operator upgrade must not change the template and restart the broker.
+                "labels": identity.labels(BROKER_COMPONENT, spec.pod_labels, include_version=False),
                 # Ours last, so a pod annotation of the same name cannot pin the hash.
                 "annotations": {**spec.pod_annotations, CONFIG_HASH_ANNOTATION: config_hash},
             },
