@@ -1,0 +1,1 @@
+"""The bridge worker (`mqtt-operator bridge`): sources, sinks, the at-least-once pipeline, metrics."""

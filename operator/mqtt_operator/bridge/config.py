@@ -1,0 +1,96 @@
+"""The worker's configuration: the one contract between the operator (which writes it into the
+worker's ConfigMap as JSON) and the worker (which reads it at start).
+
+Secrets never travel in it: passwords come from environment variables the Deployment/StatefulSet
+fills from Secrets (`MQTT_PASSWORD`, `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`), and TLS material
+from mounted files named here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+CONFIG_VERSION = 1
+MQTT_PASSWORD_ENV = "MQTT_PASSWORD"
+KAFKA_SASL_USERNAME_ENV = "KAFKA_SASL_USERNAME"
+KAFKA_SASL_PASSWORD_ENV = "KAFKA_SASL_PASSWORD"
+
+
+class ConfigModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+
+class MqttEndpoint(ConfigModel):
+    host: str
+    port: int
+    username: str | None = None  # the password is in $MQTT_PASSWORD
+    # Each replica's client id is `<clientIdPrefix>-<replica identity>` (the pod name of a
+    # StatefulSet pod, stable across restarts): its persistent session survives a restart.
+    client_id_prefix: str
+    session_expiry_seconds: int = 7200
+    # MQTT 5 Receive Maximum: how many QoS 1 messages the broker may have in flight to one worker.
+    receive_maximum: int = 1000
+    keepalive_seconds: int = 30
+    tls_ca_file: str | None = None
+
+
+class KafkaEndpoint(ConfigModel):
+    bootstrap_servers: str
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+
+class KeySpec(ConfigModel):
+    source: Literal["none", "topic", "clientId", "payloadField"] = "clientId"
+    path: str | None = None  # a JSON path such as $.plate when source is payloadField
+
+
+class MqttToKafka(ConfigModel):
+    topic_filters: tuple[str, ...]
+    share_group: str  # subscriptions are $share/<shareGroup>/<filter>
+    kafka_topic: str | None = None  # a fixed topic, or
+    parent_topics: tuple[str, ...] = ()  # routing by parent topic: the first level names the topic
+    key: KeySpec = KeySpec()
+    value: Literal["raw", "envelope"] = "raw"
+    system_headers: bool = True
+    user_property_headers: bool = True
+    partitioning: Literal["key", "roundRobin"] = "key"
+    ordered: bool = False
+
+
+class KafkaToMqtt(ConfigModel):
+    kafka_topic: str
+    consumer_group: str
+    start_from: Literal["latest", "earliest"] = "latest"
+    topic_header: str = "mqttTopic"
+    qos_header: str = "qosLevel"
+    retain_header: str = "retain"
+    default_topic: str | None = None
+    default_qos: Literal[0, 1] = 1
+    default_retain: bool = False
+
+
+class DeviceEvents(ConfigModel):
+    connect_topic: str | None = None
+    disconnect_topic: str | None = None
+
+
+class BridgeConfig(ConfigModel):
+    version: int = CONFIG_VERSION
+    # "<namespace>/<name>" of the resource the worker serves, for logs and metrics labels.
+    owner: str
+    mqtt: MqttEndpoint
+    kafka: KafkaEndpoint | None = None
+    mqtt_to_kafka: MqttToKafka | None = None
+    kafka_to_mqtt: KafkaToMqtt | None = None
+    device_events: DeviceEvents | None = None
+    dead_letter_topic: str | None = None  # a Kafka topic for the Kafka integrations
+    metrics_port: int = 9090
+    # Graceful shutdown budget: stop taking messages, drain, ack/commit, exit within it.
+    drain_seconds: float = 20.0
