@@ -19,6 +19,22 @@ DYNSEC_PLUGIN_CANDIDATES = (
 )
 
 
+def broker_dir() -> Path:
+    """Where brokers keep their files: the run folder when the `mosquitto` user can reach it.
+
+    Started as root, Mosquitto drops to the `mosquitto` user, which must traverse every parent of
+    its data folder. A clone under a private folder (mktemp -d is 0700) would make the
+    dynamic-security file unreadable, and every login would fail with "not authorised".
+    """
+    run = run_dir()
+    if all(os.stat(p).st_mode & 0o001 for p in [run, *run.parents]):
+        return run
+    fallback = Path(tempfile.gettempdir()) / "mqtt-operator-testenv"
+    fallback.mkdir(exist_ok=True)
+    os.chmod(fallback, 0o777)  # noqa: S103 - shared scratch for test brokers only
+    return fallback
+
+
 def dynsec_plugin() -> str:
     for candidate in DYNSEC_PLUGIN_CANDIDATES:
         if os.path.exists(candidate):
@@ -33,7 +49,7 @@ class Mosquitto:
     config: str = "allow_anonymous true\n"
     # False when `config` carries its own `listener` lines (a conf the operator rendered).
     add_listener: bool = True
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mosquitto-", dir=run_dir())))
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mosquitto-", dir=broker_dir())))
     port: int = 0
     server: Server | None = None
 

@@ -8,7 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from mqtt_operator import __version__, logs
-from mqtt_operator.settings import OperatorSettings, parse_broker_addresses
+from mqtt_operator.settings import (
+    OperatorSettings,
+    parse_broker_addresses,
+    parse_worker_metrics_addresses,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,11 +42,32 @@ def parser() -> argparse.ArgumentParser:
         "$MQTT_OPERATOR_BROKER_ADDRESSES, comma-separated",
     )
     run.add_argument(
+        "--broker-addresses-file",
+        metavar="PATH",
+        help="a file of NS/NAME=HOST:PORT lines, re-read when it changes (used by `make dev`)",
+    )
+    run.add_argument(
         "--drift-period",
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="how often each broker is compared in full with the declared users and policies",
+        help="how often each broker is compared in full with the declared users and policies, "
+        "and each connector's objects and connections are checked again",
+    )
+    run.add_argument(
+        "--worker-image",
+        default=os.environ.get("MQTT_OPERATOR_WORKER_IMAGE") or f"mqtt-operator:{__version__}",
+        metavar="IMAGE",
+        help="image of the bridge workers (the operator's own image; the chart sets it); "
+        "also $MQTT_OPERATOR_WORKER_IMAGE",
+    )
+    run.add_argument(
+        "--worker-metrics-address",
+        action="append",
+        default=[],
+        metavar="NS/NAME=HOST:PORT[,HOST:PORT]",
+        help="read this KafkaConnector's worker counters from these /metrics addresses instead of its "
+        "Pods' IPs (for an operator running outside the cluster); repeatable",
     )
 
     sub.add_parser("version", help="print the version")
@@ -66,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_format=args.log_format,
             health_port=args.health_port,
             broker_addresses=parse_broker_addresses([*env_addresses, *args.broker_address]),
+            broker_addresses_file=args.broker_addresses_file,
             drift_period_seconds=args.drift_period,
+            worker_image=args.worker_image,
+            worker_metrics_addresses=parse_worker_metrics_addresses(args.worker_metrics_address),
         )
     except ValueError as err:
         print(f"mqtt-operator: {err}", file=sys.stderr)

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mqtt_operator import __version__
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -21,8 +23,16 @@ class OperatorSettings:
     # "namespace/instance" -> "host:port": where to reach a broker when the Service's cluster DNS name
     # does not resolve (the operator running outside the cluster: `make dev`, the tests).
     broker_addresses: Mapping[str, str] = field(default_factory=dict)
+    # The same, in a file of NS/NAME=HOST:PORT lines re-read when it changes (for `make dev`, which
+    # starts a local broker for each MqttInstance as it appears).
+    broker_addresses_file: str | None = None
     # How often every broker is compared in full with the declared users and policies.
     drift_period_seconds: float = 30.0
+    # The image of the bridge workers: the operator's own (one image, `mqtt-operator bridge`).
+    worker_image: str = f"mqtt-operator:{__version__}"
+    # "namespace/connector" -> ("host:port", ...): where to read that connector's workers' /metrics
+    # when the operator runs outside the cluster (in a cluster: the worker Pods' IPs).
+    worker_metrics_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # The namespace the operator's own pod runs in (the chart sets POD_NAMESPACE); a broker's
     # NetworkPolicy lets it in. None outside a cluster.
     operator_namespace: str | None = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or None)
@@ -43,11 +53,31 @@ class OperatorSettings:
 
     def broker_address(self, namespace: str, instance: str, cluster_host: str, port: int) -> tuple[str, int]:
         """The override for this instance if one is set, else its Service address in the cluster."""
-        override = self.broker_addresses.get(f"{namespace}/{instance}")
+        key = f"{namespace}/{instance}"
+        override = self.broker_addresses.get(key)
+        if override is None and self.broker_addresses_file:
+            override = _addresses_in_file(self.broker_addresses_file).get(key)
         if override is None:
             return cluster_host, port
         host, _, port_text = override.rpartition(":")
         return host, int(port_text)
+
+
+def parse_worker_metrics_addresses(items: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """['ns/name=host:port,host:port', ...] -> {'ns/name': ('host:port', 'host:port')}."""
+    result: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        key, sep, addresses = item.partition("=")
+        parts = tuple(a.strip() for a in addresses.split(",") if a.strip())
+        well_formed = all(
+            host and colon and port.isdigit() for host, colon, port in (a.rpartition(":") for a in parts)
+        )
+        if not sep or key.count("/") != 1 or not parts or not well_formed:
+            raise ValueError(
+                f"--worker-metrics-address {item!r}: expected NAMESPACE/CONNECTOR=HOST:PORT[,HOST:PORT...]"
+            )
+        result[key] = parts
+    return result
 
 
 def parse_broker_addresses(items: Iterable[str]) -> dict[str, str]:
@@ -60,3 +90,21 @@ def parse_broker_addresses(items: Iterable[str]) -> dict[str, str]:
             raise ValueError(f"--broker-address {item!r}: expected NAMESPACE/INSTANCE=HOST:PORT")
         result[key] = address
     return result
+
+
+_file_cache: dict[str, tuple[float, dict[str, str]]] = {}
+
+
+def _addresses_in_file(path: str) -> dict[str, str]:
+    """The file's addresses, parsed again only when its modification time changed."""
+    try:
+        mtime = os.stat(path).st_mtime
+    except FileNotFoundError:
+        return {}
+    cached = _file_cache.get(path)
+    if cached is None or cached[0] != mtime:
+        with open(path) as f:
+            lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        cached = (mtime, parse_broker_addresses(lines))
+        _file_cache[path] = cached
+    return cached[1]

@@ -84,6 +84,12 @@ class Stack:
         obj = wait_for(f"Secret {name}", lambda: self.get("secret", name))
         return base64.b64decode(obj["data"][key]).decode()
 
+    def stop(self) -> None:
+        if self.operator:
+            self.operator.stop()
+        for broker in self.brokers:
+            broker.stop()
+
     def start_operator(self, *extra: str) -> OperatorProcess:
         self.operator = OperatorProcess(
             self.cp,
@@ -156,15 +162,14 @@ def password_secret(name: str, password: str) -> dict[str, Any]:
 def stack(crds_installed: ControlPlane, namespace: str) -> Iterator[Stack]:
     """The operator, an MqttInstance `devices` with authorization on, and its broker running."""
     s = Stack(crds_installed, namespace, free_port())
-    s.start_operator()
-    s.apply(instance())
-    s.start_broker()
-    s.wait_condition("mqttinstances.mqtt-operator.io", "devices", "True", "BrokerReady")
-    yield s
-    if s.operator:
-        s.operator.stop()
-    for broker in s.brokers:
-        broker.stop()
+    try:
+        s.start_operator()
+        s.apply(instance())
+        s.start_broker()
+        s.wait_condition("mqttinstances.mqtt-operator.io", "devices", "True", "BrokerReady")
+        yield s
+    finally:
+        s.stop()
 
 
 MQU, MQACL, MQI = (
@@ -409,10 +414,7 @@ def test_authorization_off_lets_any_credentials_connect(crds_installed: ControlP
         s.apply(user("car-1"))
         s.wait_condition(MQU, "car-1", "False", "AuthorizationDisabled")
     finally:
-        assert s.operator is not None
-        s.operator.stop()
-        for broker in s.brokers:
-            broker.stop()
+        s.stop()
 
 
 def test_deleting_the_instance_first_does_not_leave_users_stuck(stack: Stack) -> None:

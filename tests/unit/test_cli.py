@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mqtt_operator.__main__ import main, parser
@@ -34,3 +36,20 @@ def test_pod_namespace_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WATCH_NAMESPACES", raising=False)
     monkeypatch.setenv("POD_NAMESPACE", "mqtt-system")
     assert OperatorSettings.default_namespaces() == ("mqtt-system",)
+
+
+def test_broker_address_overrides_from_flags_and_a_file(tmp_path: Path) -> None:
+    from mqtt_operator.settings import parse_broker_addresses
+
+    file = tmp_path / "addresses"
+    file.write_text("# comment\nns/b=127.0.0.1:2000\n")
+    settings = OperatorSettings(
+        namespaces=("ns",),
+        broker_addresses=parse_broker_addresses(["ns/a=10.1.2.3:1884"]),
+        broker_addresses_file=str(file),
+    )
+    assert settings.broker_address("ns", "a", "a.ns.svc", 1883) == ("10.1.2.3", 1884)
+    assert settings.broker_address("ns", "b", "b.ns.svc", 1883) == ("127.0.0.1", 2000)
+    assert settings.broker_address("ns", "c", "c.ns.svc", 1883) == ("c.ns.svc", 1883)
+    with pytest.raises(ValueError, match="NAMESPACE/INSTANCE=HOST:PORT"):
+        parse_broker_addresses(["no-port"])

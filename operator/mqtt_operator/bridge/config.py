@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 CONFIG_VERSION = 1
-MQTT_PASSWORD_ENV = "MQTT_PASSWORD"
+MQTT_PASSWORD_ENV = "MQTT_PASSWORD"  # noqa: S105 - the name of a variable, not a password
 KAFKA_SASL_USERNAME_ENV = "KAFKA_SASL_USERNAME"
-KAFKA_SASL_PASSWORD_ENV = "KAFKA_SASL_PASSWORD"
+KAFKA_SASL_PASSWORD_ENV = "KAFKA_SASL_PASSWORD"  # noqa: S105 - a variable name
 
 
 class ConfigModel(BaseModel):
@@ -44,6 +44,9 @@ class KafkaEndpoint(ConfigModel):
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # The largest record the worker produces (its producer's max.request.size); a bigger one goes
+    # to the dead letter. The topics' max.message.bytes must allow it too.
+    max_record_bytes: int = 2 * 1024 * 1024
 
 
 class KeySpec(ConfigModel):
@@ -62,6 +65,11 @@ class MqttToKafka(ConfigModel):
     user_property_headers: bool = True
     partitioning: Literal["key", "roundRobin"] = "key"
     ordered: bool = False
+    # Where the publisher's client id comes from (Mosquitto does not put it on a message): this
+    # 0-based topic level (e.g. 1 for vehicles/<clientId>/state, enforced by the broker's ACLs), or
+    # else the MQTT 5 user property of this name that the devices set.
+    client_id_topic_level: int | None = None
+    client_id_property: str = "clientId"
 
 
 class KafkaToMqtt(ConfigModel):
