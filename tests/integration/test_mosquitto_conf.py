@@ -31,8 +31,8 @@ from mqtt_operator.resources.broker_config import broker_config_map
 from mqtt_operator.resources.identity import InstanceIdentity
 from mqtt_operator.resources.mosquitto_conf import CONFIG_FILE, BrokerPaths
 from mqtt_operator.resources.statefulset import statefulset
-from testenv.mosquitto import dynsec_plugin
-from testenv.paths import run_dir, tool
+from testenv.mosquitto import broker_dir, dynsec_plugin
+from testenv.paths import tool
 from testenv.process import Server, free_port
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ class RenderedBroker:
     """Mosquitto run with the operator's file for `spec`; only paths and ports differ from a Pod."""
 
     spec: MqttInstanceSpec
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="conf-", dir=run_dir())))
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="conf-", dir=broker_dir())))
     server: Server | None = None
 
     def __post_init__(self) -> None:
