@@ -38,6 +38,9 @@ class Kafka:
     controller_port: int = 0
     server: Server | None = None
     heap: str = "512m"
+    # False: a producer or consumer naming a missing topic gets UNKNOWN_TOPIC_OR_PARTITION instead of
+    # a new topic, as on most production clusters.
+    auto_create_topics: bool = True
 
     @property
     def bootstrap(self) -> str:
@@ -80,7 +83,7 @@ class Kafka:
                         "transaction.state.log.min.isr=1",
                         "group.initial.rebalance.delay.ms=0",
                         "message.max.bytes=4194304",
-                        "auto.create.topics.enable=true",
+                        f"auto.create.topics.enable={'true' if self.auto_create_topics else 'false'}",
                         "",
                     ]
                 )

@@ -324,6 +324,8 @@ def test_operator_pod_is_locked_down(helm_env: dict[str, str]) -> None:
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in (
         container["env"]
     )
+    # The bridge workers run the same image.
+    assert {"name": "MQTT_OPERATOR_WORKER_IMAGE", "value": "mqtt-operator:0.1.0"} in container["env"]
 
 
 def test_pod_scheduling_values_reach_the_pod(helm_env: dict[str, str]) -> None:
@@ -499,6 +501,10 @@ def test_install_creates_every_object_and_uninstall_keeps_the_crds(
     assert can_i(control_plane, sa, "create", "leases.coordination.k8s.io", "-n", namespace)
     assert not can_i(control_plane, sa, "delete", "mqttinstances.mqtt-operator.io", "-n", namespace)
     assert not can_i(control_plane, sa, "create", "pods", "-n", namespace)
+    assert can_i(control_plane, sa, "list", "pods", "-n", namespace)  # worker IPs for their /metrics
+    # A KafkaConnector's own AuthUser and AclPolicy.
+    assert can_i(control_plane, sa, "create", "authusers.mqtt-operator.io", "-n", other)
+    assert can_i(control_plane, sa, "delete", "aclpolicies.mqtt-operator.io", "-n", other)
     assert can_i(control_plane, sa, "create", "secrets", "-n", "unwatched") is cluster_wide
 
     run([*helm, "uninstall", release], helm_env)

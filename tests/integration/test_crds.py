@@ -347,6 +347,13 @@ BAD = [
     Bad("mqacl-priority-range", "aclpolicy", {"spec.priority": 5000}, "spec.priority", ["1000"]),
     # KafkaConnector
     Bad(
+        "mqkc-name-too-long",
+        "kafkaconnector",
+        {"metadata.name": "a" * 46},
+        "<nil>",
+        ["metadata.name of a KafkaConnector", "at most 45 characters"],
+    ),
+    Bad(
         "mqkc-block-required",
         "kafkaconnector",
         {"spec.mqttToKafka": DELETE},

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from mqtt_operator.api.access import AclPolicySpec, AuthUserSpec
 from mqtt_operator.api.base import duration_seconds, quantity_bytes
+from mqtt_operator.api.connector import KafkaConnectorSpec
 from mqtt_operator.api.instance import MqttInstanceSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,6 +19,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "mqttinstances": MqttInstanceSpec,
     "authusers": AuthUserSpec,
     "aclpolicies": AclPolicySpec,
+    "kafkaconnectors": KafkaConnectorSpec,
 }
 FREE_FORM = {"resources", "affinity"}  # passed through to Kubernetes as they are
 
@@ -61,7 +63,12 @@ def test_every_crd_field_has_a_model_field(plural: str) -> None:
 
 @pytest.mark.parametrize("plural", sorted(MODELS))
 def test_example_parses(plural: str) -> None:
-    kind = {"mqttinstances": "mqttinstance", "authusers": "authuser", "aclpolicies": "aclpolicy"}[plural]
+    kind = {
+        "mqttinstances": "mqttinstance",
+        "authusers": "authuser",
+        "aclpolicies": "aclpolicy",
+        "kafkaconnectors": "kafkaconnector",
+    }[plural]
     body = yaml.safe_load((REPO / "examples" / f"{kind}.yaml").read_text())
     MODELS[plural].model_validate(body["spec"])
 

@@ -97,10 +97,15 @@ watchNamespaces, or the release namespace when it is empty.
 {{/* The rules the operator needs wherever it manages custom resources (Role or ClusterRole). */}}
 {{- define "mqtt-operator.rules" -}}
 # The six kinds of mqtt-operator.io: the operator reads them, and patches them for kopf's
-# annotations and finalizers; it never creates or deletes them.
+# annotations and finalizers.
 - apiGroups: ["mqtt-operator.io"]
   resources: [mqttinstances, authusers, aclpolicies, kafkaconnectors, replicationtasks, functiontriggers]
   verbs: [get, list, watch, patch, update]
+# A connector's own broker account and policy (AuthUser and AclPolicy `<connector>-connector`) are
+# created and deleted with it.
+- apiGroups: ["mqtt-operator.io"]
+  resources: [authusers, aclpolicies]
+  verbs: [create, delete]
 - apiGroups: ["mqtt-operator.io"]
   resources:
     - mqttinstances/status
@@ -130,6 +135,10 @@ watchNamespaces, or the release namespace when it is empty.
 - apiGroups: [apps]
   resources: [statefulsets, deployments]
   verbs: [get, list, watch, create, patch, update, delete]
+# The bridge workers' Pods are only read: their IPs, to collect their counters from /metrics.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, update, delete]

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from mqtt_operator.api.access import AclPolicySpec, AuthUserSpec
 from mqtt_operator.api.instance import MqttInstanceSpec
 from mqtt_operator.resources.admin_secret import admin_secret_name
+from mqtt_operator.resources.credentials_secret import generated_secret_name
 from mqtt_operator.resources.services import endpoints
 
 
@@ -27,6 +28,8 @@ class InstanceEntry:
     endpoint: str
     admin_secret: str
     deleting: bool
+    # sessions.expiry: how long the broker keeps an offline client's session and its messages.
+    session_expiry_seconds: int = 7200
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,6 @@ class PolicyEntry:
     error: str | None = None
 
 
-def generated_secret_name(user_name: str) -> str:
-    return f"{user_name}-credentials"
-
-
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
     meta: Mapping[str, Any] = body["metadata"]
     return meta
@@ -99,6 +98,7 @@ def instance_entry(body: Mapping[str, Any]) -> InstanceEntry:
         endpoint=urls.get("mqtt") or next(iter(urls.values()), ""),
         admin_secret=admin_secret_name(meta["name"]),
         deleting=bool(meta.get("deletionTimestamp")),
+        session_expiry_seconds=spec.sessions.expiry_seconds,
     )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lightkube import AsyncClient
 
 from mqtt_operator.broker.pool import BrokerPool
 from mqtt_operator.controllers.access import AccessSync
+from mqtt_operator.controllers.counters import CounterBook
 from mqtt_operator.settings import OperatorSettings
 
 
@@ -17,3 +18,4 @@ class OperatorContext:
     client: AsyncClient
     pool: BrokerPool
     access: AccessSync
+    counters: CounterBook = field(default_factory=CounterBook)

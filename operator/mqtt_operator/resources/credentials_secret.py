@@ -9,6 +9,11 @@ from mqtt_operator.api.kinds import AUTH_USER
 from mqtt_operator.resources.meta import labels
 
 
+def generated_secret_name(user_name: str) -> str:
+    """Where an AuthUser without passwordSecretRef gets its generated password."""
+    return f"{user_name}-credentials"
+
+
 def credentials_secret(
     user_name: str, namespace: str, uid: str, secret_name: str, username: str, password: str, endpoint: str
 ) -> dict[str, Any]:

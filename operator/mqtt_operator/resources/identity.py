@@ -1,12 +1,13 @@
-"""Who owns the broker's objects: the MqttInstance's identity, and the metadata every builder stamps."""
+"""Who owns an object the operator builds (an MqttInstance, a KafkaConnector), and the metadata every
+builder stamps on it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
-from mqtt_operator.api.kinds import MQTT_INSTANCE
+from mqtt_operator.api.kinds import KAFKA_CONNECTOR, MQTT_INSTANCE
 from mqtt_operator.resources import meta
 
 # The component label of the broker's Pods and of the objects that exist for them (Services, config ...).
@@ -14,17 +15,17 @@ BROKER_COMPONENT = "broker"
 
 
 @dataclass(frozen=True)
-class InstanceIdentity:
+class OwnerIdentity:
     """The few fields of the custom resource the builders need; every builder takes this one shape."""
 
     name: str
     namespace: str
     uid: str
-    api_version: str = MQTT_INSTANCE.api_version
-    kind: str = MQTT_INSTANCE.kind
+    api_version: str
+    kind: str
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> InstanceIdentity:
+    def from_body(cls, body: Mapping[str, Any]) -> Self:
         md = body["metadata"]
         return cls(
             name=md["name"],
@@ -71,3 +72,15 @@ class InstanceIdentity:
         if owned:
             result["ownerReferences"] = [self.owner_reference()]
         return result
+
+
+@dataclass(frozen=True)
+class InstanceIdentity(OwnerIdentity):
+    api_version: str = MQTT_INSTANCE.api_version
+    kind: str = MQTT_INSTANCE.kind
+
+
+@dataclass(frozen=True)
+class ConnectorIdentity(OwnerIdentity):
+    api_version: str = KAFKA_CONNECTOR.api_version
+    kind: str = KAFKA_CONNECTOR.kind

@@ -1,0 +1,513 @@
+"""KafkaConnector: its own broker identity, a connection check before any worker starts, then the
+workers' ConfigMap and StatefulSet; on deletion, what it created goes; counters from its workers.
+
+One reconcile, in this order (each step's failure is the outcome, so the earliest cause is reported):
+
+1. the spec parses and the MqttInstance exists (`InvalidSpec`, `InstanceNotFound`, `NoPlainListener`);
+2. the Kafka Secrets exist (`SecretNotFound`, `SecretKeyNotFound`);
+3. with authorization on, the AuthUser and AclPolicy `<name>-connector` are applied and Ready, and
+   the generated password is there (`Pending`; `Conflict` when same-named objects are not the
+   connector's); with it off, the connector's are removed;
+4. running: Kafka answers a metadata request for the connector's topics and the broker accepts the
+   connector's login (`ConnectionValid`; `KafkaUnreachable`, `AuthenticationFailed`, `TopicMissing`,
+   `BrokerUnreachable`). A failed check applies nothing: new workers do not start, and running ones
+   keep the configuration they have (an outage of Kafka never stops them);
+5. the ConfigMap and the StatefulSet (replicas 0 unless running);
+6. stopped: once no worker runs, each worker's MQTT session is ended (the messages queued for it go).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.core_v1 import ConfigMap
+from pydantic import ValidationError
+
+from mqtt_operator.api.conditions import now_rfc3339
+from mqtt_operator.api.connector import KafkaConnectorSpec
+from mqtt_operator.api.kinds import ACL_POLICY, AUTH_USER
+from mqtt_operator.broker.errors import BrokerAuthFailed, BrokerError
+from mqtt_operator.broker.probe import MqttLogin, check_login, end_sessions
+from mqtt_operator.controllers.counters import CounterBook
+from mqtt_operator.controllers.entries import InstanceEntry
+from mqtt_operator.controllers.outcome import ConditionUpdate, Outcome, not_ready
+from mqtt_operator.kafka.probe import KafkaAccess, KafkaCheck, check_kafka
+from mqtt_operator.kube.apply import apply, delete, get
+from mqtt_operator.kube.client import resource
+from mqtt_operator.kube.pods import running_pod_ips
+from mqtt_operator.kube.secrets import read_secret
+from mqtt_operator.resources.bridge_config import (
+    METRICS_PORT,
+    BrokerTarget,
+    bridge_config_map,
+    consumer_group,
+)
+from mqtt_operator.resources.bridge_statefulset import bridge_statefulset, worker_replicas
+from mqtt_operator.resources.broker_config import config_hash
+from mqtt_operator.resources.connector_names import (
+    BRIDGE_COMPONENT,
+    bridge_name,
+    check_name,
+    connector_credentials_name,
+    connector_user_name,
+    replica_client_id,
+    share_group,
+)
+from mqtt_operator.resources.connector_policy import connector_policy
+from mqtt_operator.resources.connector_user import connector_user
+from mqtt_operator.resources.identity import ConnectorIdentity
+from mqtt_operator.settings import OperatorSettings
+from mqtt_operator.workers.scrape import METRICS, scrape_all
+
+log = logging.getLogger(__name__)
+CHECK_RETRY_SECONDS = 30
+# Counters are written when they change, and at least this often while workers answer.
+COUNTERS_REFRESH = timedelta(seconds=60)
+
+
+def _parse(body: Mapping[str, Any]) -> KafkaConnectorSpec | Outcome:
+    try:
+        check_name(body["metadata"]["name"])
+        return KafkaConnectorSpec.model_validate(body.get("spec") or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return not_ready("InvalidSpec", f"spec.{where}: {first['msg']}" if where else first["msg"])
+    except ValueError as err:
+        return not_ready("InvalidSpec", str(err))
+
+
+def _identity_fields(
+    identity: ConnectorIdentity, spec: KafkaConnectorSpec, authorization: bool
+) -> dict[str, Any]:
+    # None clears a field in the merge patch (e.g. connectorUser after authorization was turned off).
+    return {
+        "shareGroup": share_group(identity.namespace, identity.name) if spec.mqtt_to_kafka else None,
+        "connectorUser": connector_user_name(identity.name) if authorization else None,
+        "consumerGroup": consumer_group(identity, spec),
+    }
+
+
+def _worker_fields(live_sts: Mapping[str, Any] | None) -> dict[str, int]:
+    status = (live_sts or {}).get("status") or {}
+    return {
+        "replicas": int(status.get("replicas") or 0),
+        "readyReplicas": int(status.get("readyReplicas") or 0),
+    }
+
+
+def _ready_condition(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != obj["metadata"].get("generation"):
+        return None  # not reconciled since the last change
+    return next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+
+
+class _MissingSecret(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+async def _kafka_access(
+    client: AsyncClient, namespace: str, spec: KafkaConnectorSpec
+) -> KafkaAccess | Outcome:
+    """The Kafka connection with the credentials and TLS material its Secrets hold."""
+    read: dict[str, dict[str, str] | None] = {}
+
+    async def value(what: str, name: str, key: str) -> str:
+        if name not in read:
+            found = await read_secret(client, namespace, name)
+            read[name] = found.data if found else None
+        data = read[name]
+        if data is None:
+            raise _MissingSecret(
+                not_ready(
+                    "SecretNotFound",
+                    f"Secret {name!r} ({what}) does not exist in namespace {namespace!r}: create it",
+                    retry_after=CHECK_RETRY_SECONDS,
+                )
+            )
+        if not data.get(key):
+            raise _MissingSecret(
+                not_ready(
+                    "SecretKeyNotFound",
+                    f"Secret {name!r} ({what}) has no key {key!r}",
+                    retry_after=CHECK_RETRY_SECONDS,
+                )
+            )
+        return data[key]
+
+    tls, sasl = spec.kafka.tls, spec.kafka.sasl
+    access = KafkaAccess(
+        bootstrap_servers=spec.kafka.bootstrap_servers,
+        security_protocol=spec.kafka.security_protocol,
+        sasl_mechanism=sasl.mechanism if sasl else None,
+    )
+    try:
+        if sasl is not None:
+            ref, what = sasl.secret_ref, "spec.kafka.sasl.secretRef"
+            access = replace(
+                access,
+                username=await value(what, ref.name, ref.username_key),
+                password=await value(what, ref.name, ref.password_key),
+            )
+        if tls is not None and tls.ca_secret_ref is not None:
+            ca = tls.ca_secret_ref
+            access = replace(access, ca_pem=await value("spec.kafka.tls.caSecretRef", ca.name, ca.key))
+        if tls is not None and tls.cert_secret_ref is not None:
+            name, what = tls.cert_secret_ref.name, "spec.kafka.tls.certSecretRef"
+            access = replace(
+                access,
+                cert_pem=await value(what, name, "tls.crt"),
+                key_pem=await value(what, name, "tls.key"),
+            )
+    except _MissingSecret as missing:
+        return missing.outcome
+    return access
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or ())
+
+
+async def _foreign_identity(client: AsyncClient, identity: ConnectorIdentity) -> str | None:
+    """The AuthUser or AclPolicy `<name>-connector` that exists but is not this connector's, if any:
+    applying over it would take it over, and deleting the connector would delete it."""
+    for kind in (AUTH_USER, ACL_POLICY):
+        live = await get(client, resource(kind), identity.namespace, connector_user_name(identity.name))
+        if live is not None and not _owned_by(live, identity.uid):
+            return f"{kind.kind} {connector_user_name(identity.name)}"
+    return None
+
+
+async def _remove_identity(client: AsyncClient, identity: ConnectorIdentity) -> None:
+    """Delete the connector's AuthUser and AclPolicy; ones it does not own are left alone."""
+    for kind in (ACL_POLICY, AUTH_USER):
+        name = connector_user_name(identity.name)
+        live = await get(client, resource(kind), identity.namespace, name)
+        if live is not None and _owned_by(live, identity.uid):
+            await delete(client, resource(kind), identity.namespace, name)
+
+
+async def _broker_login(
+    client: AsyncClient,
+    settings: OperatorSettings,
+    identity: ConnectorIdentity,
+    spec: KafkaConnectorSpec,
+    instance: InstanceEntry,
+    fields: Mapping[str, Any],
+) -> MqttLogin | Outcome:
+    """The login the workers use: the connector's own account (applied here), or anonymous."""
+    assert instance.mqtt_port is not None
+    namespace, name = identity.namespace, identity.name
+    host, port = settings.broker_address(
+        namespace, instance.name, f"{instance.name}.{namespace}.svc", instance.mqtt_port
+    )
+    if not instance.authorization:
+        await _remove_identity(client, identity)
+        return MqttLogin(host, port, None, None)
+    foreign = await _foreign_identity(client, identity)
+    if foreign is not None:
+        return not_ready(
+            "Conflict",
+            f"{foreign} exists and does not belong to this KafkaConnector; the connector needs that name "
+            "for its own broker account: rename or delete the existing object",
+            retry_after=CHECK_RETRY_SECONDS,
+            **fields,
+        )
+    user = await apply(client, connector_user(identity, instance.name))
+    policy = await apply(client, connector_policy(identity, spec))
+    waiting = []
+    for obj in (user, policy):
+        cond = _ready_condition(obj)
+        if cond is None or cond.get("status") != "True":
+            why = f" ({cond.get('reason')}: {cond.get('message')})" if cond else ""
+            waiting.append(f"{obj['kind']} {obj['metadata']['name']}{why}")
+    if waiting:
+        return not_ready(
+            "Pending",
+            f"waiting for the connector's own broker identity to be Ready: {'; '.join(waiting)}",
+            retry_after=5,
+            warn=False,
+            **fields,
+        )
+    secret = await read_secret(client, namespace, connector_credentials_name(name))
+    password = secret.data.get("password") if secret else None
+    if not password:
+        return not_ready(
+            "Pending",
+            f"waiting for the generated password in Secret {connector_credentials_name(name)!r}",
+            retry_after=5,
+            warn=False,
+            **fields,
+        )
+    return MqttLogin(host, port, connector_user_name(name), password)
+
+
+async def check_connection(
+    spec: KafkaConnectorSpec, kafka: KafkaAccess, login: MqttLogin
+) -> tuple[str | None, str]:
+    """(None, what was checked) when Kafka and the broker both accept the connector; else (reason, why)."""
+
+    async def broker() -> KafkaCheck:
+        try:
+            await check_login(login)
+        except BrokerAuthFailed as err:
+            return KafkaCheck("AuthenticationFailed", str(err))
+        except BrokerError as err:
+            return KafkaCheck("BrokerUnreachable", str(err))
+        who = f"user {login.username!r}" if login.username else "an anonymous login"
+        return KafkaCheck(None, f"the broker at {login.address} accepted {who}")
+
+    kafka_result, broker_result = await asyncio.gather(check_kafka(kafka, spec.kafka_topics()), broker())
+    for result in (kafka_result, broker_result):
+        if not result.ok:
+            return result.reason, result.message
+    return None, f"{kafka_result.message}; {broker_result.message}"
+
+
+def _stopped_already(body: Mapping[str, Any]) -> bool:
+    """This generation was already stopped (its sessions ended): no need to do it again."""
+    status = body.get("status") or {}
+    ready: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or () if c.get("type") == "Ready"), {}
+    )
+    return ready.get("reason") == "Stopped" and status.get("observedGeneration") == body["metadata"].get(
+        "generation"
+    )
+
+
+def _workers_left(live_sts: Mapping[str, Any]) -> int:
+    """Worker Pods that may still hold their sessions (0 when the controller saw the scale-down done)."""
+    status = live_sts.get("status") or {}
+    observed = status.get("observedGeneration")
+    if observed is not None and observed < live_sts["metadata"].get("generation", 0):
+        return max(1, int(status.get("replicas") or 0))  # the scale-down was not seen yet
+    return int(status.get("replicas") or 0)
+
+
+def _client_ids(identity: ConnectorIdentity, spec: KafkaConnectorSpec, previous_replicas: int) -> list[str]:
+    count = max(spec.replicas, previous_replicas, 1)
+    return [replica_client_id(identity.namespace, identity.name, i) for i in range(count)]
+
+
+async def reconcile_connector(
+    body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, instance: InstanceEntry | None
+) -> Outcome:
+    """`instance` is the MqttInstance named by spec.instanceRef (from the index), None if there is none."""
+    parsed = _parse(body)
+    if isinstance(parsed, Outcome):
+        return parsed
+    spec = parsed
+    identity = ConnectorIdentity.from_body(body)
+    namespace, name = identity.namespace, identity.name
+    fields: dict[str, Any] = _identity_fields(identity, spec, bool(instance and instance.authorization))
+    if instance is None or instance.deleting:
+        return not_ready(
+            "InstanceNotFound",
+            f"MqttInstance {spec.instance_ref.name!r} does not exist in namespace {namespace!r}: "
+            "create it or correct spec.instanceRef.name",
+            retry_after=10,
+            **fields,
+        )
+    if instance.mqtt_port is None:
+        return not_ready(
+            "NoPlainListener",
+            f"MqttInstance {instance.name!r} has no mqtt listener, which the workers use: "
+            "add spec.listeners.mqtt",
+            **fields,
+        )
+    try:
+        kafka = await _kafka_access(client, namespace, spec)
+        if isinstance(kafka, Outcome):
+            return Outcome(kafka.conditions, {**fields, **kafka.fields}, kafka.retry_after, kafka.event)
+        login = await _broker_login(client, settings, identity, spec, instance, fields)
+        if isinstance(login, Outcome):
+            return login
+        previous = await get(client, StatefulSet, namespace, bridge_name(name))
+        if spec.state == "running":
+            reason, message = await check_connection(spec, kafka, login)
+            if reason is not None:
+                return not_ready(
+                    reason,
+                    f"{message} (checked before workers start; running workers are left as they are)",
+                    retry_after=CHECK_RETRY_SECONDS,
+                    extra=(ConditionUpdate("ConnectionValid", "False", reason, message),),
+                    **{**fields, **_worker_fields(previous)},
+                )
+            connection = ConditionUpdate("ConnectionValid", "True", "Connected", message)
+        else:
+            connection = ConditionUpdate(
+                "ConnectionValid", "Unknown", spec.state.capitalize(), "not checked while no worker runs"
+            )
+        broker = BrokerTarget(
+            host=f"{instance.name}.{namespace}.svc",
+            port=instance.mqtt_port,
+            session_expiry_seconds=instance.session_expiry_seconds,
+        )
+        config_map = bridge_config_map(identity, spec, broker, login.username)
+        await apply(client, config_map)
+        live_sts = await apply(
+            client,
+            bridge_statefulset(
+                identity,
+                spec,
+                image=settings.worker_image,
+                config_hash=config_hash(config_map["data"]),
+                authorization=instance.authorization,
+            ),
+        )
+    except ApiError as err:
+        return not_ready(
+            "ApplyFailed",
+            f"the API server refused an owned object: {err.status.message}",
+            retry_after=30,
+            **fields,
+        )
+    fields.update(_worker_fields(live_sts))
+    replicas = worker_replicas(spec)
+    if spec.state == "paused":
+        return Outcome(
+            conditions=(
+                ConditionUpdate(
+                    "Ready",
+                    "False",
+                    "Paused",
+                    "state: paused: no worker runs; the workers' MQTT sessions stay in the broker, so "
+                    f"messages published meanwhile wait for them (up to the instance's sessions.expiry, "
+                    f"{instance.session_expiry_seconds} s)",
+                ),
+                connection,
+            ),
+            fields=fields,
+        )
+    if spec.state == "stopped":
+        if not _stopped_already(body):
+            left = _workers_left(live_sts)
+            if left:
+                return not_ready(
+                    "Stopping",
+                    f"waiting for {left} worker(s) to stop before their MQTT sessions are removed",
+                    retry_after=5,
+                    warn=False,
+                    extra=(connection,),
+                    **fields,
+                )
+            previous_replicas = int(((previous or {}).get("spec") or {}).get("replicas") or 0)
+            try:
+                await end_sessions(login, _client_ids(identity, spec, previous_replicas))
+            except BrokerError as err:
+                return not_ready(
+                    "BrokerUnreachable",
+                    f"cannot remove the workers' MQTT sessions: {err}",
+                    retry_after=15,
+                    extra=(connection,),
+                    **fields,
+                )
+        return Outcome(
+            conditions=(
+                ConditionUpdate(
+                    "Ready",
+                    "False",
+                    "Stopped",
+                    "state: stopped: no worker runs and their MQTT sessions were removed, with the messages "
+                    "queued for them; state: running starts afresh",
+                ),
+                connection,
+            ),
+            fields=fields,
+        )
+    ordered = " (ordered: one worker keeps per-key order)" if replicas < spec.replicas else ""
+    return Outcome(
+        conditions=(
+            ConditionUpdate(
+                "Ready",
+                "True",
+                "Running",
+                f"{replicas} worker(s){ordered}, {fields['readyReplicas']} ready",
+            ),
+            connection,
+        ),
+        fields=fields,
+    )
+
+
+async def delete_connector(
+    body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, instance: InstanceEntry | None
+) -> None:
+    """Remove the workers, their config, the connector's broker identity, and (best effort) its sessions.
+
+    In a cluster the ownerReferences would let the garbage collector remove the objects too; doing it
+    here does not depend on one running. Sessions left behind would keep a share of nothing (the share
+    group is the connector's alone) but hold the broker's memory until they expire.
+    """
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    live_sts = await get(client, StatefulSet, namespace, bridge_name(name))
+    await delete(client, StatefulSet, namespace, bridge_name(name))
+    await delete(client, ConfigMap, namespace, bridge_name(name))
+    if instance is not None and not instance.deleting and instance.mqtt_port is not None:
+        login: MqttLogin | None = None
+        host, port = settings.broker_address(
+            namespace, instance.name, f"{instance.name}.{namespace}.svc", instance.mqtt_port
+        )
+        if instance.authorization:
+            secret = await read_secret(client, namespace, connector_credentials_name(name))
+            if secret is not None and secret.data.get("password"):
+                login = MqttLogin(host, port, connector_user_name(name), secret.data["password"])
+        else:
+            login = MqttLogin(host, port, None, None)
+        parsed = _parse(body)
+        if login is not None and not isinstance(parsed, Outcome):
+            previous = int(((live_sts or {}).get("spec") or {}).get("replicas") or 0)
+            try:
+                await end_sessions(login, _client_ids(ConnectorIdentity.from_body(body), parsed, previous))
+            except BrokerError as err:
+                log.warning("could not remove the workers' MQTT sessions: %s", err, extra={"connector": name})
+    await _remove_identity(client, ConnectorIdentity.from_body(body))
+
+
+def _stale(counters: Mapping[str, Any], now: datetime) -> bool:
+    text = counters.get("lastUpdateTime")
+    if not text:
+        return True
+    try:
+        return now - datetime.fromisoformat(str(text)) >= COUNTERS_REFRESH
+    except ValueError:
+        return True
+
+
+async def collect_counters(
+    body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, book: CounterBook
+) -> dict[str, Any]:
+    """The status fields the workers decide: their counters (summed since the connector was created),
+    and how many of them exist and are ready. Only fields that should be written are returned."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    override = settings.worker_metrics_addresses.get(f"{namespace}/{name}")
+    if override is not None:
+        targets = {address: address for address in override}
+    else:
+        selector = ConnectorIdentity.from_body(body).selector_labels(BRIDGE_COMPONENT)
+        pods = await running_pod_ips(client, namespace, selector)
+        targets = {pod: f"{ip}:{METRICS_PORT}" for pod, ip in pods.items()}
+    scraped = await scrape_all(targets)
+    status = body.get("status") or {}
+    shown: Mapping[str, Any] | None = status.get("counters")
+    totals = book.update((namespace, name, meta.get("uid", "")), shown, scraped)
+    fields: dict[str, Any] = dict(
+        _worker_fields(await get(client, StatefulSet, namespace, bridge_name(name)))
+    )
+    now = datetime.now(UTC)
+    if shown is None:
+        fields["counters"] = {**totals, **({"lastUpdateTime": now_rfc3339()} if scraped else {})}
+    elif scraped and (any(totals[k] != shown.get(k) for k in METRICS) or _stale(shown, now)):
+        fields["counters"] = {**totals, "lastUpdateTime": now_rfc3339()}
+    return fields

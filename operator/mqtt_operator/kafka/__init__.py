@@ -1,0 +1,1 @@
+"""Talking to Kafka clusters (the operator checks a connection before workers start)."""

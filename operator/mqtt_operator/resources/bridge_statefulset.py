@@ -1,0 +1,194 @@
+"""The workers' StatefulSet `<name>-bridge`: hardened `mqtt-operator bridge` Pods with stable names.
+
+A StatefulSet, not a Deployment: a worker's MQTT client id is `<prefix>-<Pod name>`, and only a
+StatefulSet Pod keeps its name across restarts, so a restarted worker resumes its persistent session
+(and the messages the broker queued for it) instead of leaving an orphan session behind. It also never
+runs two Pods of one ordinal at once, which `ordered: true` (one worker) relies on during a rollout.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from mqtt_operator.api.connector import KafkaConnectorSpec
+from mqtt_operator.bridge.config import KAFKA_SASL_PASSWORD_ENV, KAFKA_SASL_USERNAME_ENV, MQTT_PASSWORD_ENV
+from mqtt_operator.resources.bridge_config import (
+    CONFIG_DIR,
+    CONFIG_PATH,
+    KAFKA_CA_DIR,
+    KAFKA_CLIENT_CERT_DIR,
+    METRICS_PORT,
+)
+from mqtt_operator.resources.broker_config import CONFIG_HASH_ANNOTATION
+from mqtt_operator.resources.connector_names import (
+    BRIDGE_COMPONENT,
+    bridge_name,
+    check_name,
+    connector_credentials_name,
+)
+from mqtt_operator.resources.identity import ConnectorIdentity
+
+WORKER_UID = 65532  # the image's mqtt-operator user
+POD_NAME_ENV = "POD_NAME"
+CONTAINER = "bridge"
+CONFIG_VOLUME = "config"
+TMP_VOLUME = "tmp"
+KAFKA_CA_VOLUME = "kafka-ca"
+KAFKA_CLIENT_CERT_VOLUME = "kafka-client-cert"
+# The worker drains within BridgeConfig.drain_seconds (20 s) of SIGTERM; this leaves it room.
+TERMINATION_GRACE_SECONDS = 30
+
+
+def worker_replicas(spec: KafkaConnectorSpec) -> int:
+    """0 unless running; one worker for `ordered: true` (per-key order needs a single consumer of the
+    shared subscription); otherwise spec.replicas."""
+    if spec.state != "running":
+        return 0
+    if spec.mqtt_to_kafka is not None and spec.mqtt_to_kafka.ordered:
+        return min(spec.replicas, 1)
+    return spec.replicas
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _env(identity: ConnectorIdentity, spec: KafkaConnectorSpec, authorization: bool) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        # The worker's client id is `<clientIdPrefix>-$POD_NAME`.
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    if authorization:
+        env.append(_secret_env(MQTT_PASSWORD_ENV, connector_credentials_name(identity.name), "password"))
+    sasl = spec.kafka.sasl
+    if sasl is not None:
+        ref = sasl.secret_ref
+        env.append(_secret_env(KAFKA_SASL_USERNAME_ENV, ref.name, ref.username_key))
+        env.append(_secret_env(KAFKA_SASL_PASSWORD_ENV, ref.name, ref.password_key))
+    return env
+
+
+def _volumes(identity: ConnectorIdentity, spec: KafkaConnectorSpec) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": CONFIG_VOLUME, "configMap": {"name": bridge_name(identity.name)}},
+        # The root filesystem is read-only; Python libraries may still want a scratch /tmp.
+        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
+    ]
+    tls = spec.kafka.tls
+    # 0440 with fsGroup: readable by the worker's group, not by every user in the Pod.
+    if tls is not None and tls.ca_secret_ref is not None:
+        volumes.append(
+            {
+                "name": KAFKA_CA_VOLUME,
+                "secret": {"secretName": tls.ca_secret_ref.name, "defaultMode": 0o440},
+            }
+        )
+    if tls is not None and tls.cert_secret_ref is not None:
+        volumes.append(
+            {
+                "name": KAFKA_CLIENT_CERT_VOLUME,
+                "secret": {"secretName": tls.cert_secret_ref.name, "defaultMode": 0o440},
+            }
+        )
+    return volumes
+
+
+def _mounts(spec: KafkaConnectorSpec) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [
+        {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir, not the host's /tmp
+    ]
+    tls = spec.kafka.tls
+    if tls is not None and tls.ca_secret_ref is not None:
+        mounts.append({"name": KAFKA_CA_VOLUME, "mountPath": KAFKA_CA_DIR, "readOnly": True})
+    if tls is not None and tls.cert_secret_ref is not None:
+        mounts.append(
+            {"name": KAFKA_CLIENT_CERT_VOLUME, "mountPath": KAFKA_CLIENT_CERT_DIR, "readOnly": True}
+        )
+    return mounts
+
+
+def _http_probe(path: str, *, period: int, failures: int, initial_delay: int = 0) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "metrics"},
+        "initialDelaySeconds": initial_delay,
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def _container(
+    identity: ConnectorIdentity, spec: KafkaConnectorSpec, image: str, authorization: bool
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "command": ["mqtt-operator"],
+        "args": ["bridge", "--config", CONFIG_PATH],
+        "env": _env(identity, spec, authorization),
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        # /healthz: the process works (a worker waiting for Kafka is alive, not ready); /readyz: it
+        # is connected on both sides and takes messages.
+        "startupProbe": _http_probe("/healthz", period=2, failures=30),
+        "livenessProbe": _http_probe("/healthz", period=10, failures=3),
+        "readinessProbe": _http_probe("/readyz", period=5, failures=2),
+        "volumeMounts": _mounts(spec),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+    }
+    if spec.resources:
+        container["resources"] = copy.deepcopy(spec.resources)
+    return container
+
+
+def bridge_statefulset(
+    identity: ConnectorIdentity,
+    spec: KafkaConnectorSpec,
+    *,
+    image: str,
+    config_hash: str,
+    authorization: bool,
+) -> dict[str, Any]:
+    """`config_hash` (broker_config.config_hash of the ConfigMap's data) rolls the workers on a new config;
+    `authorization` says whether the instance enforces it, i.e. whether the worker logs in with the
+    connector's own account (MQTT_PASSWORD from its generated Secret)."""
+    check_name(identity.name)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": identity.metadata(bridge_name(identity.name), BRIDGE_COMPONENT),
+        "spec": {
+            "replicas": worker_replicas(spec),
+            "selector": {"matchLabels": identity.selector_labels(BRIDGE_COMPONENT)},
+            # Workers are independent: start and stop them all at once, not one after the other.
+            "podManagementPolicy": "Parallel",
+            "template": {
+                "metadata": {
+                    # No version label: an operator upgrade must not restart every worker.
+                    "labels": identity.labels(BRIDGE_COMPONENT, include_version=False),
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
+                },
+                "spec": {
+                    "securityContext": {
+                        "runAsUser": WORKER_UID,
+                        "runAsGroup": WORKER_UID,
+                        "fsGroup": WORKER_UID,
+                        "runAsNonRoot": True,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    # The workers never talk to the Kubernetes API, and need no Service variables.
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                    "containers": [_container(identity, spec, image, authorization)],
+                    "volumes": _volumes(identity, spec),
+                },
+            },
+        },
+    }
