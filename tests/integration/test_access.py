@@ -10,13 +10,13 @@ import base64
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import yaml
 
+from testenv.cluster import Namespace, wait_for
 from testenv.device import NOT_AUTHORIZED, Device, connects
 from testenv.kube import ControlPlane
 from testenv.mosquitto import Mosquitto, from_rendered, init_dynsec
@@ -28,61 +28,11 @@ DRIFT_PERIOD = 3
 ADMIN = "mqtt-operator-admin"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 45) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
-
-
 @dataclass
-class Stack:
-    cp: ControlPlane
-    namespace: str
-    port: int
+class Stack(Namespace):
+    port: int = 0
     operator: OperatorProcess | None = None
     brokers: list[Mosquitto] = field(default_factory=list)
-
-    def apply(self, manifest: dict[str, Any]) -> None:
-        self.cp.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest))
-
-    def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        proc = self.cp.kubectl("get", "-n", self.namespace, resource, name, "-o", "json", check=False)
-        return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-    def condition(self, resource: str, name: str, type_: str = "Ready") -> dict[str, Any] | None:
-        obj = self.get(resource, name) or {}
-        conds = (obj.get("status") or {}).get("conditions") or []
-        return next((c for c in conds if c["type"] == type_), None)
-
-    def wait_condition(
-        self,
-        resource: str,
-        name: str,
-        status: str = "True",
-        reason: str | None = None,
-        type_: str = "Ready",
-        timeout: float = 45,
-    ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            cond = self.condition(resource, name, type_)
-            ok = (
-                cond is not None and cond["status"] == status and (reason is None or cond["reason"] == reason)
-            )
-            return cond if ok else None
-
-        result: dict[str, Any] = wait_for(
-            f"{resource}/{name} {type_}={status} {reason or ''}", check, timeout
-        )
-        return result
-
-    def secret(self, name: str, key: str = "password") -> str:
-        obj = wait_for(f"Secret {name}", lambda: self.get("secret", name))
-        return base64.b64decode(obj["data"][key]).decode()
 
     def stop(self) -> None:
         if self.operator:

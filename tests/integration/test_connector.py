@@ -10,20 +10,18 @@ from small HTTP servers serving Prometheus text, given to the operator with --wo
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -31,6 +29,7 @@ from paho.mqtt.properties import Properties
 
 from mqtt_operator.broker.errors import BrokerAuthFailed
 from mqtt_operator.broker.probe import MqttLogin, check_login
+from testenv.cluster import Namespace, wait_for
 from testenv.device import NOT_AUTHORIZED, Device
 from testenv.kafka import Kafka
 from testenv.kube import ControlPlane
@@ -48,17 +47,6 @@ MQI, MQU, MQACL, MQKC = (
     "kafkaconnectors.mqtt-operator.io",
 )
 COUNTED = "counted"  # the connector whose workers' /metrics the fake servers play
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 45) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
 def create_topic(bootstrap: str, name: str) -> None:
@@ -160,56 +148,15 @@ class Session:
 
 
 @dataclass
-class Stack:
-    cp: ControlPlane
-    namespace: str
-    port: int
-    workers: list[FakeWorker]
+class Stack(Namespace):
+    port: int = 0
+    workers: list[FakeWorker] = field(default_factory=list)
     operator: OperatorProcess | None = None
     brokers: list[Mosquitto] = field(default_factory=list)
-
-    def apply(self, manifest: dict[str, Any]) -> None:
-        self.cp.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest))
-
-    def patch(self, resource: str, name: str, patch: dict[str, Any]) -> None:
-        self.cp.kubectl(
-            "patch", "-n", self.namespace, resource, name, "--type=merge", "-p", json.dumps(patch)
-        )
-
-    def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        proc = self.cp.kubectl("get", "-n", self.namespace, resource, name, "-o", "json", check=False)
-        return json.loads(proc.stdout) if proc.returncode == 0 else None
 
     def status(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = (self.get(MQKC, name) or {}).get("status") or {}
         return result
-
-    def condition(self, resource: str, name: str, type_: str = "Ready") -> dict[str, Any] | None:
-        conds = ((self.get(resource, name) or {}).get("status") or {}).get("conditions") or []
-        return next((c for c in conds if c["type"] == type_), None)
-
-    def wait_condition(
-        self,
-        resource: str,
-        name: str,
-        status: str = "True",
-        reason: str | None = None,
-        type_: str = "Ready",
-        timeout: float = 45,
-    ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            cond = self.condition(resource, name, type_)
-            ok = cond is not None and cond["status"] == status and reason in (None, cond["reason"])
-            return cond if ok else None
-
-        result: dict[str, Any] = wait_for(
-            f"{resource}/{name} {type_}={status} {reason or ''}", check, timeout
-        )
-        return result
-
-    def secret(self, name: str, key: str = "password") -> str:
-        obj = wait_for(f"Secret {name}", lambda: self.get("secret", name))
-        return base64.b64decode(obj["data"][key]).decode()
 
     def config(self, name: str) -> dict[str, Any]:
         cm = wait_for(f"ConfigMap {name}-bridge", lambda: self.get("configmap", f"{name}-bridge"))
