@@ -90,11 +90,11 @@ class FakeWorker:
 
     def serve(self, received: int, delivered: int, failed: int = 0, dead: int = 0) -> None:
         self.text = (
-            "# TYPE mqtt_bridge_received_total counter\n"
-            f'mqtt_bridge_received_total{{direction="mqttToKafka"}} {received}.0\n'
-            f'mqtt_bridge_delivered_total{{direction="mqttToKafka"}} {delivered}.0\n'
-            f'mqtt_bridge_failed_total{{direction="mqttToKafka",kind="permanent"}} {failed}.0\n'
-            f"mqtt_bridge_dead_lettered_total {dead}\n"
+            "# TYPE bridge_received_total counter\n"
+            f'bridge_received_total{{direction="mqttToKafka"}} {received}.0\n'
+            f'bridge_delivered_total{{direction="mqttToKafka"}} {delivered}.0\n'
+            f'bridge_failed_total{{direction="mqttToKafka",kind="permanent"}} {failed}.0\n'
+            f"bridge_dead_lettered_total {dead}\n"
         )
 
     def stop(self) -> None:

@@ -399,34 +399,34 @@ class TestBrokerIdentity:
 
 
 EXPOSITION = """\
-# HELP mqtt_bridge_received_total Messages taken from the source
-# TYPE mqtt_bridge_received_total counter
-mqtt_bridge_received_total{direction="mqttToKafka"} 120.0
-mqtt_bridge_received_created{direction="mqttToKafka"} 1.7e9
-mqtt_bridge_delivered_total{direction="mqttToKafka"} 118
-mqtt_bridge_failed_total{direction="mqttToKafka",kind="transient"} 2
-mqtt_bridge_failed_total{direction="mqttToKafka",kind="permanent"} 1
-mqtt_bridge_dead_lettered_total 1 1700000000000
-mqtt_bridge_skipped_total{direction="mqttToKafka"} NaN
-mqtt_bridge_in_flight 7
+# HELP bridge_received_total Messages taken from the source
+# TYPE bridge_received_total counter
+bridge_received_total{direction="mqttToKafka"} 120.0
+bridge_received_created{direction="mqttToKafka"} 1.7e9
+bridge_delivered_total{direction="mqttToKafka"} 118
+bridge_failed_total{direction="mqttToKafka",kind="transient"} 2
+bridge_failed_total{direction="mqttToKafka",kind="permanent"} 1
+bridge_dead_lettered_total 1 1700000000000
+bridge_skipped_total{direction="mqttToKafka"} NaN
+bridge_in_flight 7
 """
 
 
 class TestCounters:
     def test_the_agreed_metric_names(self) -> None:
         assert dict(METRICS) == {
-            "received": "mqtt_bridge_received_total",
-            "delivered": "mqtt_bridge_delivered_total",
-            "failed": "mqtt_bridge_failed_total",
-            "deadLettered": "mqtt_bridge_dead_lettered_total",
-            "skipped": "mqtt_bridge_skipped_total",
+            "received": "bridge_received_total",
+            "delivered": "bridge_delivered_total",
+            "failed": "bridge_failed_total",
+            "deadLettered": "bridge_dead_lettered_total",
+            "skipped": "bridge_skipped_total",
         }
 
-    def test_exposition_is_summed_over_labels(self) -> None:
+    def test_exposition_is_summed_over_labels_and_only_permanent_failures_count(self) -> None:
         assert parse_counters(EXPOSITION) == {
             "received": 120,
             "delivered": 118,
-            "failed": 3,
+            "failed": 1,
             "deadLettered": 1,
             "skipped": 0,
         }

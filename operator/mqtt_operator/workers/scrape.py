@@ -15,14 +15,17 @@ import aiohttp
 
 log = logging.getLogger(__name__)
 
-# status.counters field -> the worker's metric.
+# status.counters field -> the worker's metric (bridge/metrics.py).
 METRICS: Mapping[str, str] = {
-    "received": "mqtt_bridge_received_total",
-    "delivered": "mqtt_bridge_delivered_total",
-    "failed": "mqtt_bridge_failed_total",
-    "deadLettered": "mqtt_bridge_dead_lettered_total",
-    "skipped": "mqtt_bridge_skipped_total",
+    "received": "bridge_received_total",
+    "delivered": "bridge_delivered_total",
+    "failed": "bridge_failed_total",
+    "deadLettered": "bridge_dead_lettered_total",
+    "skipped": "bridge_skipped_total",
 }
+# The worker counts every failed attempt; a message has failed only when the failure was permanent
+# (transient ones are retried until they succeed).
+REQUIRED_LABEL: Mapping[str, str] = {"failed": 'kind="permanent"'}
 # One worker may take this long to answer.
 SCRAPE_TIMEOUT = 3.0
 _FIELD_OF = {metric: name for name, metric in METRICS.items()}
@@ -43,6 +46,9 @@ def parse_counters(text: str) -> Counters:
             name, _, rest = line.partition(" ")
         field = _FIELD_OF.get(name.strip())
         if field is None:
+            continue
+        required = REQUIRED_LABEL.get(field)
+        if required is not None and required not in line[brace:]:
             continue
         parts = rest.split()
         try:
