@@ -57,3 +57,4 @@ clean: ## Remove the venv and the test environment cache
 
 bench: venv testenv ## Run the benchmarks; figures go to bench/results.json
 	$(PY) bench/bench_access.py
+	$(PY) bench/bench_bridge.py

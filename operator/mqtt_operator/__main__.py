@@ -1,4 +1,4 @@
-"""The one command of the image: `mqtt-operator run` (the operator); later `bridge` (the workers)."""
+"""The one command of the image: `mqtt-operator run` (the operator), `mqtt-operator bridge` (a worker)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,17 @@ def parser() -> argparse.ArgumentParser:
         "Pods' IPs (for an operator running outside the cluster); repeatable",
     )
 
+    bridge = sub.add_parser("bridge", help="run a bridge worker (the operator's connectors run it)")
+    bridge.add_argument("--config", required=True, metavar="FILE", help="the worker's JSON config file")
+    bridge.add_argument(
+        "--replica-id",
+        default=None,
+        metavar="ID",
+        help="this replica's stable name (its MQTT client id suffix); default: $POD_NAME, else the host name",
+    )
+    bridge.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    bridge.add_argument("--log-format", default="json", choices=["json", "text"])
+
     sub.add_parser("version", help="print the version")
     return p
 
@@ -79,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command == "bridge":
+        logs.configure(args.log_level, args.log_format)
+        from mqtt_operator.bridge.worker import main as bridge_main  # the worker never imports kopf
+
+        return bridge_main(args.config, args.replica_id)
     namespaces = tuple(args.namespace) or (
         () if args.all_namespaces else OperatorSettings.default_namespaces()
     )
