@@ -1,0 +1,396 @@
+"""The mappings between MQTT messages and Kafka records, both ways: pure functions, no I/O.
+
+MQTT -> Kafka (`Uplink`): the Kafka topic (fixed, or the MQTT topic's first level when it is a
+registered parent topic), the key (none, the MQTT topic, the publisher's client id, or a field of
+the JSON payload), the headers (MQTT system fields, user properties, content type, correlation
+data) and the value (the raw payload or the JSON envelope).
+
+Kafka -> MQTT (`Downlink`): the MQTT topic, QoS and retain flag from record headers, with defaults.
+
+Each mapping returns a record for the sink, a `Skip` (counted and acknowledged, e.g. a topic that
+is not a registered parent) or a `Reject` (goes to the dead letter with its reason).
+
+The publisher's client id: Mosquitto 2.0 does not put it on a delivered message, so it is taken,
+in this order, from a configured topic level (`clientIdTopicLevel`: robust, because the broker's
+ACL decides who may publish under `devices/<id>/...`, a device cannot claim another's level) or
+from the MQTT 5 user property the device sets (`clientIdProperty`, default `clientId`: a
+convention the device follows, not enforced by the broker). Without either it is unknown and
+left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+from collections.abc import Sequence
+from itertools import count
+from typing import Any, Final, NamedTuple
+
+import msgspec
+
+from mqtt_operator.bridge.config import KafkaToMqtt, MqttToKafka
+from mqtt_operator.bridge.mqtt5 import Message
+
+# Kafka header names of the MQTT system fields. User properties keep their own names.
+H_TOPIC: Final = "mqtt.topic"
+H_QOS: Final = "mqtt.qos"
+H_RETAIN: Final = "mqtt.retain"
+H_DUP: Final = "mqtt.dup"
+H_PACKET_ID: Final = "mqtt.packetId"
+H_MESSAGE_ID: Final = "mqtt.messageId"
+H_CLIENT_ID: Final = "mqtt.clientId"
+H_CONTENT_TYPE: Final = "mqtt.contentType"
+H_CORRELATION_DATA: Final = "mqtt.correlationData"
+H_RESPONSE_TOPIC: Final = "mqtt.responseTopic"
+H_PAYLOAD_FORMAT: Final = "mqtt.payloadFormat"
+H_MESSAGE_EXPIRY: Final = "mqtt.messageExpiry"
+
+_QOS = (b"0", b"1", b"2")
+_BOOL = (b"false", b"true")
+_KAFKA_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+Header = tuple[str, bytes]
+
+
+class KafkaRecord(NamedTuple):
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[Header]
+    timestamp_ms: int
+
+
+# KafkaRecord(...) goes through a generated __new__; tuple.__new__ builds the same object faster.
+_new_record = tuple.__new__
+
+
+class MqttPublish(NamedTuple):
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    user_properties: list[tuple[str, str]]
+
+
+class Skip(NamedTuple):
+    reason: str
+
+
+class Reject(NamedTuple):
+    reason: str
+
+
+def valid_kafka_topic(name: str) -> bool:
+    return _KAFKA_TOPIC.fullmatch(name) is not None and name not in (".", "..")
+
+
+def invalid_mqtt_topic(topic: str) -> str | None:
+    """Why `topic` cannot be published to, or None when it can."""
+    if not topic:
+        return "empty MQTT topic"
+    if "+" in topic or "#" in topic:
+        return f"MQTT topic {topic!r} contains a wildcard"
+    if topic.startswith("$"):
+        return f"MQTT topic {topic!r} starts with '$' (reserved for the broker)"
+    if "\x00" in topic:
+        return "MQTT topic contains a NUL character"
+    if len(topic.encode()) > 65535:
+        return "MQTT topic longer than 65535 bytes"
+    return None
+
+
+# --- JSON paths -------------------------------------------------------------------------------
+
+_PATH_PART = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]")
+
+
+def parse_json_path(path: str) -> tuple[str | int, ...]:
+    """`$.a.b`, `$.list[0].x`, `$['odd key']` -> ('a', 'b'), ('list', 0, 'x'), ('odd key',)."""
+    if not path.startswith("$"):
+        raise ValueError(f"JSON path {path!r} must start with '$'")
+    parts: list[str | int] = []
+    pos = 1
+    while pos < len(path):
+        match = _PATH_PART.match(path, pos)
+        if match is None:
+            raise ValueError(f"JSON path {path!r}: cannot read {path[pos:]!r}")
+        name, index, quoted, dquoted = match.groups()
+        if index is not None:
+            parts.append(int(index))
+        else:
+            parts.append(next(p for p in (name, quoted, dquoted) if p is not None))
+        pos = match.end()
+    if not parts:
+        raise ValueError(f"JSON path {path!r} names no field")
+    return tuple(parts)
+
+
+_decode_json = msgspec.json.Decoder().decode
+_encode_json = msgspec.json.Encoder().encode
+
+
+def json_field(payload: bytes, path: Sequence[str | int]) -> bytes | None:
+    """The field at `path` as key bytes (strings as their UTF-8 text, others as JSON), or None."""
+    try:
+        node: Any = _decode_json(payload)
+    except msgspec.DecodeError:
+        return None
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return None
+        elif not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    if node is None:
+        return None
+    if isinstance(node, str):
+        return node.encode()
+    return _encode_json(node)
+
+
+# --- MQTT -> Kafka ----------------------------------------------------------------------------
+
+
+class Uplink:
+    """MQTT message -> Kafka record, as configured by an `MqttToKafka` spec."""
+
+    def __init__(self, spec: MqttToKafka, message_id_prefix: str | None = None) -> None:
+        self.spec = spec
+        if spec.parent_topics:
+            self.fixed_topic: str | None = None
+            self.parents = frozenset(spec.parent_topics)
+        elif spec.kafka_topic:
+            self.fixed_topic = spec.kafka_topic
+            self.parents = frozenset()
+        else:
+            raise ValueError("mqttToKafka needs either kafkaTopic or parentTopics")
+        for name in (self.fixed_topic, *spec.parent_topics):
+            if name is not None and not valid_kafka_topic(name):
+                raise ValueError(f"{name!r} is not a valid Kafka topic name")
+        self.key_source = spec.key.source
+        if self.key_source == "payloadField":
+            if not spec.key.path:
+                raise ValueError("key.source payloadField needs key.path, e.g. $.plate")
+            self.key_path = parse_json_path(spec.key.path)
+        self.client_id_level = spec.client_id_topic_level
+        self.client_id_property = spec.client_id_property
+        self.system_headers = spec.system_headers
+        self.user_property_headers = spec.user_property_headers
+        self.envelope = spec.value == "envelope"
+        # A message id unique across replicas and restarts: a random per-process prefix + a counter.
+        self._prefix = message_id_prefix if message_id_prefix is not None else os.urandom(6).hex()
+        self._counter = count(1)
+
+    def client_id(self, msg: Message) -> str | None:
+        if self.client_id_level is not None:
+            levels = msg.topic.split("/")
+            if self.client_id_level < len(levels) and levels[self.client_id_level]:
+                return levels[self.client_id_level]
+            return None
+        if msg.props is not None:
+            for name, value in msg.props.user_properties:
+                if name == self.client_id_property:
+                    return value
+        return None
+
+    def __call__(
+        self, msg: Message, _qos: tuple[bytes, ...] = _QOS, _bool: tuple[bytes, ...] = _BOOL
+    ) -> KafkaRecord | Skip | Reject:
+        topic = msg.topic
+        if self.fixed_topic is not None:
+            kafka_topic = self.fixed_topic
+        else:
+            kafka_topic = topic.split("/", 1)[0]
+            if kafka_topic not in self.parents:
+                return Skip("parent topic not registered")
+
+        props = msg.props
+        client_id = self.client_id(msg) if (self.client_id_level is not None or props) else None
+
+        key_source = self.key_source
+        key: bytes | None
+        if key_source == "clientId":
+            key = client_id.encode() if client_id is not None else None
+        elif key_source == "topic":
+            key = topic.encode()
+        elif key_source == "none":
+            key = None
+        else:
+            key = json_field(msg.payload, self.key_path)
+
+        ts = int(msg.received * 1000) if msg.received else int(time.time() * 1000)
+        headers: list[Header] = []
+        if self.system_headers:
+            headers = [
+                (H_TOPIC, topic.encode()),
+                (H_QOS, _qos[msg.qos]),
+                (H_RETAIN, _bool[msg.retain]),
+                (H_DUP, _bool[msg.dup]),
+                (H_PACKET_ID, b"%d" % msg.packet_id),
+                (H_MESSAGE_ID, b"%s-%x" % (self._prefix.encode(), next(self._counter))),
+            ]
+            if client_id is not None:
+                headers.append((H_CLIENT_ID, client_id.encode()))
+        if props is not None:
+            if props.content_type is not None:
+                headers.append((H_CONTENT_TYPE, props.content_type.encode()))
+            if props.correlation_data is not None:
+                headers.append((H_CORRELATION_DATA, props.correlation_data))
+            if self.system_headers:
+                if props.response_topic is not None:
+                    headers.append((H_RESPONSE_TOPIC, props.response_topic.encode()))
+                if props.payload_format is not None:
+                    headers.append((H_PAYLOAD_FORMAT, b"%d" % props.payload_format))
+                if props.message_expiry is not None:
+                    headers.append((H_MESSAGE_EXPIRY, b"%d" % props.message_expiry))
+            if self.user_property_headers:
+                headers.extend([(name, value.encode()) for name, value in props.user_properties])
+
+        value = envelope(client_id, topic, msg.payload, ts) if self.envelope else msg.payload
+        return _new_record(KafkaRecord, (kafka_topic, key, value, headers, ts))
+
+
+def envelope(client_id: str | None, topic: str, payload: bytes, ts: int) -> bytes:
+    """`{"clientId","topic","payload","payloadEncoding","ts"}`: UTF-8 text when it is, else base64."""
+    try:
+        text = payload.decode()
+        encoding = "utf8"
+    except UnicodeDecodeError:
+        text = base64.b64encode(payload).decode()
+        encoding = "base64"
+    return _encode_json(
+        {"clientId": client_id, "topic": topic, "payload": text, "payloadEncoding": encoding, "ts": ts}
+    )
+
+
+# --- Kafka -> MQTT ----------------------------------------------------------------------------
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no", ""})
+
+
+class Downlink:
+    """Kafka record (value + headers) -> MQTT publish, as configured by a `KafkaToMqtt` spec.
+
+    Headers other than the topic/QoS/retain ones travel as MQTT 5 user properties when their value
+    is UTF-8 text.
+    """
+
+    def __init__(self, spec: KafkaToMqtt) -> None:
+        self.spec = spec
+        self.topic_header = spec.topic_header
+        self.qos_header = spec.qos_header
+        self.retain_header = spec.retain_header
+        self.routing = frozenset({spec.topic_header, spec.qos_header, spec.retain_header})
+        if spec.default_topic is not None and (why := invalid_mqtt_topic(spec.default_topic)):
+            raise ValueError(f"defaultTopic: {why}")
+
+    def __call__(self, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> MqttPublish | Reject:
+        spec = self.spec
+        topic = spec.default_topic
+        qos: int = spec.default_qos
+        retain = spec.default_retain
+        user_properties: list[tuple[str, str]] = []
+        routing = self.routing
+        for name, raw in headers:
+            if name in routing:
+                try:
+                    text = raw.decode() if raw is not None else ""
+                except UnicodeDecodeError:
+                    return Reject(f"header {name!r} is not UTF-8 text")
+                if name == self.topic_header:
+                    topic = text
+                elif name == self.qos_header:
+                    if text not in ("0", "1", "2"):
+                        return Reject(f"header {name!r}: QoS {text!r} is not 0, 1 or 2")
+                    # QoS 2 is delivered at QoS 1: at least once, like everything this worker does.
+                    qos = min(int(text), 1)
+                elif name == self.retain_header:
+                    lowered = text.strip().lower()
+                    if lowered in _TRUE:
+                        retain = True
+                    elif lowered in _FALSE:
+                        retain = False
+                    else:
+                        return Reject(f"header {name!r}: {text!r} is not true or false")
+            elif raw is not None:
+                try:
+                    user_properties.append((name, raw.decode()))
+                except UnicodeDecodeError:
+                    continue  # binary headers have no MQTT user-property form
+        if topic is None:
+            return Reject(f"no {self.topic_header!r} header and no default topic")
+        why = invalid_mqtt_topic(topic)
+        if why is not None:
+            return Reject(why)
+        return MqttPublish(topic, value or b"", qos, retain, user_properties)
+
+
+# --- dead letters -----------------------------------------------------------------------------
+
+H_DLQ_REASON: Final = "dlq.reason"
+H_DLQ_SOURCE: Final = "dlq.source"
+H_DLQ_ORIGINAL_TOPIC: Final = "dlq.originalTopic"
+H_DLQ_PARTITION: Final = "dlq.partition"
+H_DLQ_OFFSET: Final = "dlq.offset"
+H_DLQ_TRUNCATED_FROM: Final = "dlq.truncatedFrom"
+# Room left for the key and headers when a value must be cut to fit the dead-letter record.
+DLQ_HEADROOM: Final = 65536
+
+
+def _fit(value: bytes, limit: int, headers: list[Header]) -> bytes:
+    room = max(limit - DLQ_HEADROOM, 0)
+    if len(value) <= room:
+        return value
+    headers.append((H_DLQ_TRUNCATED_FROM, b"%d" % len(value)))
+    return value[:room]
+
+
+def uplink_dead_letter(msg: Message, reason: str, topic: str, limit: int) -> KafkaRecord:
+    """The dead-letter record of an MQTT message: its payload (cut to fit) and MQTT fields."""
+    headers: list[Header] = [
+        (H_DLQ_REASON, reason.encode()),
+        (H_DLQ_SOURCE, b"mqtt"),
+        (H_DLQ_ORIGINAL_TOPIC, msg.topic.encode()),
+        (H_TOPIC, msg.topic.encode()),
+        (H_QOS, _QOS[msg.qos]),
+        (H_RETAIN, _BOOL[msg.retain]),
+        (H_DUP, _BOOL[msg.dup]),
+        (H_PACKET_ID, b"%d" % msg.packet_id),
+    ]
+    if msg.props is not None:
+        if msg.props.content_type is not None:
+            headers.append((H_CONTENT_TYPE, msg.props.content_type.encode()))
+        if msg.props.correlation_data is not None:
+            headers.append((H_CORRELATION_DATA, msg.props.correlation_data))
+        headers.extend([(name, value.encode()) for name, value in msg.props.user_properties])
+    value = _fit(msg.payload, limit, headers)
+    return KafkaRecord(topic, None, value, headers, int((msg.received or time.time()) * 1000))
+
+
+def downlink_dead_letter(
+    *,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
+    timestamp_ms: int,
+    reason: str,
+    topic: str,
+    limit: int,
+) -> KafkaRecord:
+    """The dead-letter record of a Kafka record: key, value (cut to fit), headers, where it came from."""
+    out: list[Header] = [
+        (H_DLQ_REASON, reason.encode()),
+        (H_DLQ_SOURCE, b"kafka"),
+        (H_DLQ_ORIGINAL_TOPIC, source_topic.encode()),
+        (H_DLQ_PARTITION, b"%d" % partition),
+        (H_DLQ_OFFSET, b"%d" % offset),
+    ]
+    out.extend((name, raw if raw is not None else b"") for name, raw in headers)
+    return KafkaRecord(topic, key, _fit(value or b"", limit, out), out, timestamp_ms)

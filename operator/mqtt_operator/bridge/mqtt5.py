@@ -1,0 +1,547 @@
+"""MQTT 5 wire format: encoding the packets the worker sends and decoding the ones it receives.
+
+Pure functions over bytes, no I/O: the connection in `mqtt_client.py` uses them. Only what a
+QoS 0/1 client needs is here (no QoS 2 flows, no AUTH exchange, no topic aliases: the worker
+announces Topic Alias Maximum 0, so the broker never sends one). The PUBLISH decoder is the hot
+path of the uplink and is written for speed: one pass over a buffer holding many packets.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+# Packet types (the high nibble of the first byte).
+CONNECT: Final = 1
+CONNACK: Final = 2
+PUBLISH: Final = 3
+PUBACK: Final = 4
+PUBREC: Final = 5
+PUBREL: Final = 6
+PUBCOMP: Final = 7
+SUBSCRIBE: Final = 8
+SUBACK: Final = 9
+UNSUBSCRIBE: Final = 10
+UNSUBACK: Final = 11
+PINGREQ: Final = 12
+PINGRESP: Final = 13
+DISCONNECT: Final = 14
+AUTH: Final = 15
+
+# Property identifiers (MQTT 5.0, section 2.2.2.2).
+PAYLOAD_FORMAT: Final = 0x01
+MESSAGE_EXPIRY: Final = 0x02
+CONTENT_TYPE: Final = 0x03
+RESPONSE_TOPIC: Final = 0x08
+CORRELATION_DATA: Final = 0x09
+SUBSCRIPTION_ID: Final = 0x0B
+SESSION_EXPIRY: Final = 0x11
+ASSIGNED_CLIENT_ID: Final = 0x12
+SERVER_KEEP_ALIVE: Final = 0x13
+AUTH_METHOD: Final = 0x15
+AUTH_DATA: Final = 0x16
+REQUEST_PROBLEM_INFO: Final = 0x17
+WILL_DELAY: Final = 0x18
+REQUEST_RESPONSE_INFO: Final = 0x19
+RESPONSE_INFO: Final = 0x1A
+SERVER_REFERENCE: Final = 0x1C
+REASON_STRING: Final = 0x1F
+RECEIVE_MAXIMUM: Final = 0x21
+TOPIC_ALIAS_MAXIMUM: Final = 0x22
+TOPIC_ALIAS: Final = 0x23
+MAXIMUM_QOS: Final = 0x24
+RETAIN_AVAILABLE: Final = 0x25
+USER_PROPERTY: Final = 0x26
+MAXIMUM_PACKET_SIZE: Final = 0x27
+WILDCARD_SUB_AVAILABLE: Final = 0x28
+SUB_ID_AVAILABLE: Final = 0x29
+SHARED_SUB_AVAILABLE: Final = 0x2A
+
+_BYTE_PROPS = frozenset(
+    {
+        PAYLOAD_FORMAT,
+        REQUEST_PROBLEM_INFO,
+        REQUEST_RESPONSE_INFO,
+        MAXIMUM_QOS,
+        RETAIN_AVAILABLE,
+        WILDCARD_SUB_AVAILABLE,
+        SUB_ID_AVAILABLE,
+        SHARED_SUB_AVAILABLE,
+    }
+)
+_U16_PROPS = frozenset({SERVER_KEEP_ALIVE, RECEIVE_MAXIMUM, TOPIC_ALIAS_MAXIMUM, TOPIC_ALIAS})
+_U32_PROPS = frozenset({MESSAGE_EXPIRY, SESSION_EXPIRY, WILL_DELAY, MAXIMUM_PACKET_SIZE})
+_STR_PROPS = frozenset(
+    {
+        CONTENT_TYPE,
+        RESPONSE_TOPIC,
+        ASSIGNED_CLIENT_ID,
+        AUTH_METHOD,
+        RESPONSE_INFO,
+        SERVER_REFERENCE,
+        REASON_STRING,
+    }
+)
+_BIN_PROPS = frozenset({CORRELATION_DATA, AUTH_DATA})
+
+REASON_NAMES: Final = {
+    0x00: "Success",
+    0x04: "Disconnect with will message",
+    0x10: "No matching subscribers",
+    0x80: "Unspecified error",
+    0x81: "Malformed packet",
+    0x82: "Protocol error",
+    0x83: "Implementation specific error",
+    0x84: "Unsupported protocol version",
+    0x85: "Client identifier not valid",
+    0x86: "Bad user name or password",
+    0x87: "Not authorized",
+    0x88: "Server unavailable",
+    0x89: "Server busy",
+    0x8A: "Banned",
+    0x8B: "Server shutting down",
+    0x8C: "Bad authentication method",
+    0x8D: "Keep alive timeout",
+    0x8E: "Session taken over",
+    0x8F: "Topic filter invalid",
+    0x90: "Topic name invalid",
+    0x91: "Packet identifier in use",
+    0x92: "Packet identifier not found",
+    0x93: "Receive maximum exceeded",
+    0x94: "Topic alias invalid",
+    0x95: "Packet too large",
+    0x96: "Message rate too high",
+    0x97: "Quota exceeded",
+    0x98: "Administrative action",
+    0x99: "Payload format invalid",
+    0x9A: "Retain not supported",
+    0x9B: "QoS not supported",
+    0x9C: "Use another server",
+    0x9D: "Server moved",
+    0x9E: "Shared subscriptions not supported",
+    0x9F: "Connection rate exceeded",
+    0xA0: "Maximum connect time",
+    0xA1: "Subscription identifiers not supported",
+    0xA2: "Wildcard subscriptions not supported",
+}
+
+_U16 = struct.Struct(">H")
+_ACKS = frozenset({PUBACK, PUBREC, PUBREL, PUBCOMP})
+_U32 = struct.Struct(">I")
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that are not valid MQTT 5."""
+
+
+def reason_text(code: int) -> str:
+    return f"0x{code:02X} {REASON_NAMES.get(code, 'Unknown reason')}"
+
+
+# --- primitives ---------------------------------------------------------------------------
+
+
+def encode_varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def decode_varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
+    """(value, position after it); raises IndexError when the buffer ends inside it."""
+    value = 0
+    shift = 0
+    for _ in range(4):
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ProtocolError("variable byte integer longer than 4 bytes")
+
+
+def _utf8(text: str) -> bytes:
+    raw = text.encode()
+    return _U16.pack(len(raw)) + raw
+
+
+def _binary(data: bytes) -> bytes:
+    return _U16.pack(len(data)) + data
+
+
+def _packet(first_byte: int, body: bytes) -> bytes:
+    return bytes((first_byte,)) + encode_varint(len(body)) + body
+
+
+# --- properties ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Properties:
+    """The MQTT 5 properties of one packet; absent properties are None / empty."""
+
+    payload_format: int | None = None
+    message_expiry: int | None = None
+    content_type: str | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: list[tuple[str, str]] = field(default_factory=list)
+    subscription_ids: list[int] = field(default_factory=list)
+    session_expiry: int | None = None
+    assigned_client_id: str | None = None
+    server_keep_alive: int | None = None
+    reason_string: str | None = None
+    receive_maximum: int | None = None
+    topic_alias_maximum: int | None = None
+    topic_alias: int | None = None
+    maximum_qos: int | None = None
+    retain_available: int | None = None
+    maximum_packet_size: int | None = None
+    shared_sub_available: int | None = None
+    other: dict[int, object] = field(default_factory=dict)
+
+
+_ATTR = {
+    PAYLOAD_FORMAT: "payload_format",
+    MESSAGE_EXPIRY: "message_expiry",
+    CONTENT_TYPE: "content_type",
+    RESPONSE_TOPIC: "response_topic",
+    CORRELATION_DATA: "correlation_data",
+    SESSION_EXPIRY: "session_expiry",
+    ASSIGNED_CLIENT_ID: "assigned_client_id",
+    SERVER_KEEP_ALIVE: "server_keep_alive",
+    REASON_STRING: "reason_string",
+    RECEIVE_MAXIMUM: "receive_maximum",
+    TOPIC_ALIAS_MAXIMUM: "topic_alias_maximum",
+    TOPIC_ALIAS: "topic_alias",
+    MAXIMUM_QOS: "maximum_qos",
+    RETAIN_AVAILABLE: "retain_available",
+    MAXIMUM_PACKET_SIZE: "maximum_packet_size",
+    SHARED_SUB_AVAILABLE: "shared_sub_available",
+}
+
+
+def decode_properties(buf: bytes, pos: int, end: int) -> Properties:
+    """Decode the properties between `pos` and `end` (the property length already consumed)."""
+    props = Properties()
+    try:
+        while pos < end:
+            ident = buf[pos]
+            pos += 1
+            value: object
+            if ident == USER_PROPERTY:
+                klen = (buf[pos] << 8) | buf[pos + 1]
+                key = buf[pos + 2 : pos + 2 + klen].decode()
+                pos += 2 + klen
+                vlen = (buf[pos] << 8) | buf[pos + 1]
+                val = buf[pos + 2 : pos + 2 + vlen].decode()
+                pos += 2 + vlen
+                props.user_properties.append((key, val))
+                continue
+            if ident == SUBSCRIPTION_ID:
+                sub_id, pos = decode_varint(buf, pos)
+                props.subscription_ids.append(sub_id)
+                continue
+            if ident in _BYTE_PROPS:
+                value = buf[pos]
+                pos += 1
+            elif ident in _U16_PROPS:
+                value = (buf[pos] << 8) | buf[pos + 1]
+                pos += 2
+            elif ident in _U32_PROPS:
+                value = _U32.unpack_from(buf, pos)[0]
+                pos += 4
+            elif ident in _STR_PROPS or ident in _BIN_PROPS:
+                length = (buf[pos] << 8) | buf[pos + 1]
+                raw = bytes(buf[pos + 2 : pos + 2 + length])
+                pos += 2 + length
+                value = raw.decode() if ident in _STR_PROPS else raw
+            else:
+                raise ProtocolError(f"unknown property 0x{ident:02X}")
+            attr = _ATTR.get(ident)
+            if attr is None:
+                props.other[ident] = value
+            else:
+                setattr(props, attr, value)
+    except (IndexError, struct.error, UnicodeDecodeError) as err:
+        raise ProtocolError(f"malformed properties: {err}") from err
+    if pos != end:
+        raise ProtocolError("properties overrun their length")
+    return props
+
+
+def encode_properties(props: Properties | None) -> bytes:
+    if props is None:
+        return b"\x00"
+    out = bytearray()
+    if props.payload_format is not None:
+        out += bytes((PAYLOAD_FORMAT, props.payload_format))
+    if props.message_expiry is not None:
+        out += bytes((MESSAGE_EXPIRY,)) + _U32.pack(props.message_expiry)
+    if props.content_type is not None:
+        out += bytes((CONTENT_TYPE,)) + _utf8(props.content_type)
+    if props.response_topic is not None:
+        out += bytes((RESPONSE_TOPIC,)) + _utf8(props.response_topic)
+    if props.correlation_data is not None:
+        out += bytes((CORRELATION_DATA,)) + _binary(props.correlation_data)
+    if props.session_expiry is not None:
+        out += bytes((SESSION_EXPIRY,)) + _U32.pack(props.session_expiry)
+    if props.receive_maximum is not None:
+        out += bytes((RECEIVE_MAXIMUM,)) + _U16.pack(props.receive_maximum)
+    if props.topic_alias_maximum is not None:
+        out += bytes((TOPIC_ALIAS_MAXIMUM,)) + _U16.pack(props.topic_alias_maximum)
+    if props.maximum_packet_size is not None:
+        out += bytes((MAXIMUM_PACKET_SIZE,)) + _U32.pack(props.maximum_packet_size)
+    if props.reason_string is not None:
+        out += bytes((REASON_STRING,)) + _utf8(props.reason_string)
+    for key, val in props.user_properties:
+        out += bytes((USER_PROPERTY,)) + _utf8(key) + _utf8(val)
+    return encode_varint(len(out)) + bytes(out)
+
+
+# --- packets the client sends -------------------------------------------------------------
+
+
+def connect(
+    client_id: str,
+    *,
+    keepalive: int,
+    clean_start: bool,
+    session_expiry: int,
+    receive_maximum: int,
+    username: str | None = None,
+    password: str | None = None,
+) -> bytes:
+    flags = 0x02 if clean_start else 0
+    if username is not None:
+        flags |= 0x80
+    if password is not None:
+        flags |= 0x40
+    props = Properties(session_expiry=session_expiry, receive_maximum=receive_maximum, topic_alias_maximum=0)
+    body = _utf8("MQTT") + bytes((5, flags)) + _U16.pack(keepalive) + encode_properties(props)
+    body += _utf8(client_id)
+    if username is not None:
+        body += _utf8(username)
+    if password is not None:
+        body += _binary(password.encode())
+    return _packet(CONNECT << 4, body)
+
+
+def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
+    """SUBSCRIBE with (filter, max QoS) pairs; retain handling 0, no-local off (not allowed on shares)."""
+    body = _U16.pack(packet_id) + b"\x00"
+    for topic_filter, qos in filters:
+        body += _utf8(topic_filter) + bytes((qos,))
+    return _packet((SUBSCRIBE << 4) | 0x02, body)
+
+
+def publish(
+    topic: str | bytes,
+    payload: bytes,
+    *,
+    qos: int,
+    retain: bool = False,
+    packet_id: int = 0,
+    dup: bool = False,
+    props: Properties | None = None,
+) -> bytes:
+    raw_topic = topic.encode() if isinstance(topic, str) else topic
+    first = (PUBLISH << 4) | (qos << 1) | (1 if retain else 0) | (0x08 if dup else 0)
+    head = _U16.pack(len(raw_topic)) + raw_topic
+    if qos:
+        head += _U16.pack(packet_id)
+    head += encode_properties(props) if props is not None else b"\x00"
+    return bytes((first,)) + encode_varint(len(head) + len(payload)) + head + payload
+
+
+def puback(packet_id: int, reason: int = 0) -> bytes:
+    if reason == 0:
+        return b"\x40\x02" + _U16.pack(packet_id)
+    return b"\x40\x03" + _U16.pack(packet_id) + bytes((reason,))
+
+
+def pubacks(packet_ids: list[int]) -> bytes:
+    """Many success PUBACKs in one buffer, in the given order (one socket write for a whole batch)."""
+    return b"".join([b"\x40\x02" + pid.to_bytes(2, "big") for pid in packet_ids])
+
+
+PINGREQ_PACKET: Final = b"\xc0\x00"
+
+
+def disconnect(reason: int = 0, session_expiry: int | None = None) -> bytes:
+    if reason == 0 and session_expiry is None:
+        return b"\xe0\x00"
+    props = Properties(session_expiry=session_expiry) if session_expiry is not None else None
+    return _packet(DISCONNECT << 4, bytes((reason,)) + encode_properties(props))
+
+
+# --- packets the client receives ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Connack:
+    session_present: bool
+    reason: int
+    props: Properties
+
+
+@dataclass(slots=True)
+class Suback:
+    packet_id: int
+    reasons: list[int]
+    props: Properties
+
+
+@dataclass(slots=True)
+class Ack:
+    """PUBACK (and the other acknowledgements that carry a packet id and a reason)."""
+
+    kind: int
+    packet_id: int
+    reason: int
+
+
+@dataclass(slots=True)
+class Disconnect:
+    reason: int
+    props: Properties
+
+
+class Message:
+    """One PUBLISH received from the broker."""
+
+    __slots__ = ("dup", "packet_id", "payload", "props", "qos", "received", "retain", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        packet_id: int,
+        props: Properties | None,
+        received: float = 0.0,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.dup = dup
+        self.packet_id = packet_id
+        self.props = props
+        self.received = received
+
+    def __repr__(self) -> str:
+        return f"Message({self.topic!r}, qos={self.qos}, packet_id={self.packet_id}, {len(self.payload)} B)"
+
+
+def _props_at(buf: bytes, pos: int) -> tuple[Properties, int]:
+    length, pos = decode_varint(buf, pos)
+    return decode_properties(buf, pos, pos + length), pos + length
+
+
+def decode_connack(body: bytes) -> Connack:
+    props, _ = _props_at(body, 2) if len(body) > 2 else (Properties(), 2)
+    return Connack(bool(body[0] & 1), body[1], props)
+
+
+def decode_suback(body: bytes) -> Suback:
+    props, pos = _props_at(body, 2)
+    return Suback(_U16.unpack_from(body, 0)[0], list(body[pos:]), props)
+
+
+def decode_ack(kind: int, body: bytes) -> Ack:
+    return Ack(kind, _U16.unpack_from(body, 0)[0], body[2] if len(body) > 2 else 0)
+
+
+def decode_disconnect(body: bytes) -> Disconnect:
+    if not body:
+        return Disconnect(0, Properties())
+    props, _ = _props_at(body, 1) if len(body) > 1 else (Properties(), 1)
+    return Disconnect(body[0], props)
+
+
+Control = Connack | Suback | Ack | Disconnect | int  # an int is a body-less packet type (PINGRESP)
+
+
+def decode_stream(buf: bytes, received: float) -> tuple[list[Message], list[Control], int]:
+    """Split `buf` into whole packets: (PUBLISHes, other packets, bytes consumed).
+
+    The remainder (an incomplete packet) is left for the next call with more bytes.
+    """
+    messages: list[Message] = []
+    controls: list[Control] = []
+    pos = 0
+    n = len(buf)
+    append = messages.append
+    try:
+        while pos + 2 <= n:
+            first = buf[pos]
+            # Remaining length: one byte for every packet up to 127 bytes, up to four otherwise.
+            length = buf[pos + 1]
+            start = pos + 2
+            if length >= 0x80:
+                if pos + 5 > n and buf[n - 1] >= 0x80:
+                    break  # the length itself is not complete yet
+                length, start = decode_varint(buf, pos + 1)
+            end = start + length
+            if end > n:
+                break
+            kind = first >> 4
+            if kind == PUBLISH:
+                qos = (first >> 1) & 3
+                tlen = (buf[start] << 8) | buf[start + 1]
+                p = start + 2 + tlen
+                topic = buf[start + 2 : p].decode()
+                packet_id = 0
+                if qos:
+                    packet_id = (buf[p] << 8) | buf[p + 1]
+                    p += 2
+                plen = buf[p]
+                if plen == 0:
+                    props = None
+                    p += 1
+                else:
+                    if plen >= 0x80:
+                        plen, p = decode_varint(buf, p)
+                    else:
+                        p += 1
+                    props = decode_properties(buf, p, p + plen)
+                    p += plen
+                if p > end:
+                    raise ProtocolError("PUBLISH header longer than the packet")
+                append(
+                    Message(
+                        topic, buf[p:end], qos, bool(first & 1), bool(first & 8), packet_id, props, received
+                    )
+                )
+            elif kind in _ACKS:
+                controls.append(decode_ack(kind, buf[start:end]))
+            elif kind == CONNACK:
+                controls.append(decode_connack(buf[start:end]))
+            elif kind == SUBACK:
+                controls.append(decode_suback(buf[start:end]))
+            elif kind == DISCONNECT:
+                controls.append(decode_disconnect(buf[start:end]))
+            elif kind in (PINGRESP, UNSUBACK, AUTH):
+                controls.append(kind)
+            else:
+                raise ProtocolError(f"unexpected packet type {kind} from the server")
+            pos = end
+    except IndexError as err:
+        # An index past the end inside a complete packet: the lengths lie.
+        raise ProtocolError(f"malformed packet: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ProtocolError(f"topic is not UTF-8: {err}") from err
+    return messages, controls, pos

@@ -1,0 +1,272 @@
+"""The MQTT <-> Kafka mappings: keys, headers, values, topics, downlink routing, dead-letter records."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from mqtt_operator.bridge.config import KafkaToMqtt, MqttToKafka
+from mqtt_operator.bridge.mapping import (
+    DLQ_HEADROOM,
+    Downlink,
+    KafkaRecord,
+    MqttPublish,
+    Reject,
+    Skip,
+    Uplink,
+    downlink_dead_letter,
+    invalid_mqtt_topic,
+    json_field,
+    parse_json_path,
+    uplink_dead_letter,
+)
+from mqtt_operator.bridge.mqtt5 import Message, Properties
+
+
+def spec(**fields: Any) -> MqttToKafka:
+    return MqttToKafka.model_validate({"topicFilters": ["cars/#"], "shareGroup": "g", **fields})
+
+
+def msg(
+    topic: str = "cars/car-7/state",
+    payload: bytes = b'{"plate": "B-XY 123"}',
+    props: Properties | None = None,
+) -> Message:
+    return Message(topic, payload, 1, False, False, 42, props, received=1700000000.123)
+
+
+def record(result: object) -> KafkaRecord:
+    assert isinstance(result, KafkaRecord), result
+    return result
+
+
+def test_fixed_topic_raw_value_and_system_headers() -> None:
+    rec = record(Uplink(spec(kafkaTopic="cars", key={"source": "topic"}), message_id_prefix="p")(msg()))
+    assert (rec.topic, rec.key, rec.value, rec.timestamp_ms) == (
+        "cars",
+        b"cars/car-7/state",
+        b'{"plate": "B-XY 123"}',
+        1700000000123,
+    )
+    assert rec.headers == [
+        ("mqtt.topic", b"cars/car-7/state"),
+        ("mqtt.qos", b"1"),
+        ("mqtt.retain", b"false"),
+        ("mqtt.dup", b"false"),
+        ("mqtt.packetId", b"42"),
+        ("mqtt.messageId", b"p-1"),
+    ]
+
+
+def test_message_ids_are_unique_per_message_and_per_process() -> None:
+    first, second = Uplink(spec(kafkaTopic="t")), Uplink(spec(kafkaTopic="t"))
+    ids = [dict(record(m(msg())).headers)["mqtt.messageId"] for m in (first, first, second)]
+    assert len(set(ids)) == 3
+
+
+def test_user_properties_content_type_correlation_data() -> None:
+    props = Properties(
+        content_type="application/json",
+        correlation_data=b"\x01\x02",
+        response_topic="reply",
+        user_properties=[("clientId", "car-7"), ("fw", "1.2"), ("fw", "1.3")],
+    )
+    rec = record(Uplink(spec(kafkaTopic="t"))(msg(props=props)))
+    headers = rec.headers
+    assert ("mqtt.clientId", b"car-7") in headers
+    assert ("mqtt.contentType", b"application/json") in headers
+    assert ("mqtt.correlationData", b"\x01\x02") in headers
+    assert ("mqtt.responseTopic", b"reply") in headers
+    assert [h for h in headers if h[0] == "fw"] == [("fw", b"1.2"), ("fw", b"1.3")]
+    assert ("clientId", b"car-7") in headers
+
+
+def test_headers_can_be_turned_off() -> None:
+    props = Properties(user_properties=[("a", "b")], content_type="text/plain")
+    rec = record(
+        Uplink(spec(kafkaTopic="t", systemHeaders=False, userPropertyHeaders=False))(msg(props=props))
+    )
+    # Content type and correlation data belong to the message, not to the MQTT system fields.
+    assert rec.headers == [("mqtt.contentType", b"text/plain")]
+
+
+@pytest.mark.parametrize(
+    ("key", "extra", "props", "expected"),
+    [
+        ({"source": "none"}, {}, None, None),
+        ({"source": "topic"}, {}, None, b"cars/car-7/state"),
+        ({"source": "clientId"}, {}, Properties(user_properties=[("clientId", "dev-1")]), b"dev-1"),
+        (
+            {"source": "clientId"},
+            {"clientIdProperty": "deviceId"},
+            Properties(user_properties=[("deviceId", "d")]),
+            b"d",
+        ),
+        ({"source": "clientId"}, {}, None, None),
+        (
+            {"source": "clientId"},
+            {"clientIdTopicLevel": 1},
+            Properties(user_properties=[("clientId", "liar")]),
+            b"car-7",
+        ),
+        ({"source": "payloadField", "path": "$.plate"}, {}, None, b"B-XY 123"),
+    ],
+)
+def test_keys(
+    key: dict[str, str], extra: dict[str, Any], props: Properties | None, expected: bytes | None
+) -> None:
+    assert record(Uplink(spec(kafkaTopic="t", key=key, **extra))(msg(props=props))).key == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "path", "expected"),
+    [
+        (b'{"a": {"b": "x"}}', "$.a.b", b"x"),
+        (b'{"a": {"b": 17}}', "$.a.b", b"17"),
+        (b'{"a": [{"id": true}]}', "$.a[0].id", b"true"),
+        (b'{"odd key": {"x": 1}}', "$['odd key']", b'{"x":1}'),
+        (b'{"a": null}', "$.a", None),
+        (b'{"a": 1}', "$.missing", None),
+        (b'{"a": [1]}', "$.a[3]", None),
+        (b"not json", "$.a", None),
+        (b"\xff\xfe", "$.a", None),
+    ],
+)
+def test_json_field(payload: bytes, path: str, expected: bytes | None) -> None:
+    assert json_field(payload, parse_json_path(path)) == expected
+
+
+@pytest.mark.parametrize("path", ["plate", "$", "$.a..b", "$.a[x]"])
+def test_bad_json_paths(path: str) -> None:
+    with pytest.raises(ValueError, match="JSON path"):
+        parse_json_path(path)
+
+
+def test_payload_field_key_needs_a_path() -> None:
+    with pytest.raises(ValueError, match=r"key\.path"):
+        Uplink(spec(kafkaTopic="t", key={"source": "payloadField"}))
+
+
+def test_envelope_text_and_binary() -> None:
+    up = Uplink(spec(kafkaTopic="t", value="envelope", key={"source": "clientId"}, clientIdTopicLevel=1))
+    text = json.loads(record(up(msg(payload="grüß".encode()))).value)
+    assert text == {
+        "clientId": "car-7",
+        "topic": "cars/car-7/state",
+        "payload": "grüß",
+        "payloadEncoding": "utf8",
+        "ts": 1700000000123,
+    }
+    binary = json.loads(record(up(msg(payload=b"\xff\x00\x01"))).value)
+    assert binary["payloadEncoding"] == "base64"
+    assert base64.b64decode(binary["payload"]) == b"\xff\x00\x01"
+    unknown = json.loads(record(Uplink(spec(kafkaTopic="t", value="envelope"))(msg())).value)
+    assert unknown["clientId"] is None
+
+
+def test_parent_topic_routing_skips_unregistered_parents() -> None:
+    up = Uplink(spec(parentTopics=["cars", "trucks"]))
+    assert record(up(msg("trucks/t1/state"))).topic == "trucks"
+    assert record(up(msg("cars"))).topic == "cars"
+    assert isinstance(up(msg("bikes/b1/state")), Skip)
+
+
+def test_topic_configuration_is_checked() -> None:
+    with pytest.raises(ValueError, match="kafkaTopic or parentTopics"):
+        Uplink(spec())
+    with pytest.raises(ValueError, match="not a valid Kafka topic"):
+        Uplink(spec(kafkaTopic="has space"))
+
+
+def test_uplink_dead_letter_cuts_oversize_payloads() -> None:
+    payload = b"x" * (DLQ_HEADROOM + 1000)
+    props = Properties(user_properties=[("clientId", "c")])
+    rec = uplink_dead_letter(msg(payload=payload, props=props), "record too large", "dlq", DLQ_HEADROOM + 10)
+    headers = dict(rec.headers)
+    assert (rec.topic, len(rec.value)) == ("dlq", 10)
+    assert headers["dlq.reason"] == b"record too large"
+    assert headers["dlq.originalTopic"] == b"cars/car-7/state"
+    assert headers["dlq.truncatedFrom"] == str(len(payload)).encode()
+    assert headers["clientId"] == b"c"
+
+
+# --- downlink ---------------------------------------------------------------------------------
+
+
+def down(**fields: Any) -> Downlink:
+    return Downlink(KafkaToMqtt.model_validate({"kafkaTopic": "cmd", "consumerGroup": "g", **fields}))
+
+
+def test_downlink_headers_choose_topic_qos_retain() -> None:
+    result = down()(
+        b"on", [("mqttTopic", b"cars/7/cmd"), ("qosLevel", b"0"), ("retain", b"true"), ("trace", b"t1")]
+    )
+    assert result == MqttPublish("cars/7/cmd", b"on", 0, True, [("trace", "t1")])
+
+
+def test_downlink_defaults_and_custom_header_names() -> None:
+    route = down(defaultTopic="fallback/cmd", defaultQos=0, defaultRetain=True, topicHeader="to")
+    assert route(None, []) == MqttPublish("fallback/cmd", b"", 0, True, [])
+    assert route(b"x", [("to", b"a/b")]).topic == "a/b"  # type: ignore[union-attr]
+    # The default names are ordinary headers when other names are configured: user properties.
+    assert route(b"x", [("mqttTopic", b"a/b")]).user_properties == [("mqttTopic", "a/b")]  # type: ignore[union-attr]
+
+
+def test_downlink_qos2_is_delivered_at_qos1() -> None:
+    assert down()(b"", [("mqttTopic", b"t"), ("qosLevel", b"2")]).qos == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ([], "no 'mqttTopic' header"),
+        ([("mqttTopic", b"")], "empty"),
+        ([("mqttTopic", b"cars/+/cmd")], "wildcard"),
+        ([("mqttTopic", b"cars/#")], "wildcard"),
+        ([("mqttTopic", b"$SYS/x")], "reserved"),
+        ([("mqttTopic", b"\xff")], "not UTF-8"),
+        ([("mqttTopic", b"t"), ("qosLevel", b"high")], "not 0, 1 or 2"),
+        ([("mqttTopic", b"t"), ("retain", b"maybe")], "not true or false"),
+    ],
+)
+def test_downlink_rejects(headers: list[tuple[str, bytes]], why: str) -> None:
+    result = down()(b"x", headers)
+    assert isinstance(result, Reject)
+    assert why in result.reason
+
+
+def test_invalid_default_topic_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="defaultTopic"):
+        down(defaultTopic="a/#")
+
+
+def test_invalid_mqtt_topic() -> None:
+    assert invalid_mqtt_topic("a/b") is None
+    assert invalid_mqtt_topic("a\x00b") is not None
+
+
+def test_downlink_dead_letter_keeps_origin_and_headers() -> None:
+    rec = downlink_dead_letter(
+        source_topic="cmd",
+        partition=2,
+        offset=99,
+        key=b"k",
+        value=b"v",
+        headers=[("mqttTopic", b"bad/#")],
+        timestamp_ms=5,
+        reason="wildcard",
+        topic="dlq",
+        limit=10 * DLQ_HEADROOM,
+    )
+    assert (rec.topic, rec.key, rec.value, rec.timestamp_ms) == ("dlq", b"k", b"v", 5)
+    assert rec.headers == [
+        ("dlq.reason", b"wildcard"),
+        ("dlq.source", b"kafka"),
+        ("dlq.originalTopic", b"cmd"),
+        ("dlq.partition", b"2"),
+        ("dlq.offset", b"99"),
+        ("mqttTopic", b"bad/#"),
+    ]
