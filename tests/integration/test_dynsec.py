@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import subprocess
-import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_operator.broker.acl import Rule, Subject, merge_grants, policy_roles
 from mqtt_operator.broker.client import DynsecClient
@@ -38,6 +32,7 @@ from mqtt_operator.broker.model import (
     RoleGrant,
 )
 from mqtt_operator.broker.plan import Plan, plan
+from testenv import device
 from testenv.mosquitto import Mosquitto, dynsec_plugin
 from testenv.paths import tool
 
@@ -45,7 +40,7 @@ pytestmark = pytest.mark.integration
 
 ADMIN_PASSWORD = "admin-password-1"
 OWN = Ownership()
-NOT_AUTHORIZED = 0x87
+NOT_AUTHORIZED = device.NOT_AUTHORIZED
 
 
 @pytest.fixture
@@ -70,64 +65,13 @@ def admin(broker: Mosquitto, **kwargs: Any) -> DynsecClient:
     return DynsecClient("127.0.0.1", broker.port, "admin", ADMIN_PASSWORD, **kwargs)
 
 
-class Device:
-    """A paho MQTT 5 client whose calls return the broker's reason code."""
-
-    def __init__(self, broker: Mosquitto, username: str, password: str, client_id: str | None = None) -> None:
-        self.port = broker.port
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"dev-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=False,
-        )
-        self.client.username_pw_set(username, password)
-        self.connack: queue.Queue[ReasonCode] = queue.Queue()
-        self.messages: queue.Queue[str] = queue.Queue()
-        self.disconnected = threading.Event()
-        self._acks: dict[int, ReasonCode] = {}
-        self._acked = threading.Condition()
-        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.connack.put(rc)
-        self.client.on_disconnect = lambda *_: self.disconnected.set()
-        self.client.on_publish = lambda _c, _u, mid, rc, _p: self._ack(mid, rc)
-        self.client.on_subscribe = lambda _c, _u, mid, rcs, _p: self._ack(mid, rcs[0])
-        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg.topic)
-
-    def _ack(self, mid: int, code: ReasonCode) -> None:
-        with self._acked:
-            self._acks[mid] = code
-            self._acked.notify_all()
-
-    def _wait_ack(self, mid: int | None) -> int:
-        assert mid is not None
-        with self._acked:
-            assert self._acked.wait_for(lambda: mid in self._acks, timeout=10), (
-                "no acknowledgement from the broker"
-            )
-            return self._acks.pop(mid).value
-
-    def connect(self) -> int:
-        self.client.connect("127.0.0.1", self.port, 30)
-        self.client.loop_start()
-        return self.connack.get(timeout=10).value
-
-    def publish(self, topic: str) -> int:
-        return self._wait_ack(self.client.publish(topic, b"x", qos=1).mid)
-
-    def subscribe(self, topic_filter: str) -> int:
-        return self._wait_ack(self.client.subscribe(topic_filter, qos=1)[1])
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+def Device(broker: Mosquitto, username: str, password: str, client_id: str | None = None) -> device.Device:
+    """A paho MQTT 5 client on `broker` whose calls return the broker's reason codes."""
+    return device.Device(broker.port, username, password, client_id)
 
 
 def connects(broker: Mosquitto, username: str, password: str) -> bool:
-    device = Device(broker, username, password)
-    try:
-        return device.connect() == 0
-    finally:
-        device.close()
+    return device.connects(broker.port, username, password)
 
 
 async def sync(
@@ -212,7 +156,7 @@ def test_publish_and_subscribe_outside_the_policy_are_refused_with_0x87(broker: 
         assert car.publish("vehicles/7/state") < 0x80
         assert car.publish("vehicles/7/command") == NOT_AUTHORIZED
         assert car.publish("other/x") == NOT_AUTHORIZED
-        assert car.messages.get(timeout=5) == "vehicles/7/state"
+        assert car.messages.get(timeout=5)[0] == "vehicles/7/state"
         # Receiving is denied by default: the message reached `car`; a subscriber without receive gets none.
         time.sleep(0.5)
         assert mute.messages.empty()
@@ -282,7 +226,7 @@ def test_deny_subscribe_alone_does_not_stop_delivery_through_a_wider_filter(brok
             assert device.subscribe("vehicles/secret/#") == NOT_AUTHORIZED
             assert device.subscribe("vehicles/#") < 0x80
         assert leaky.publish("vehicles/secret/x") < 0x80
-        assert leaky.messages.get(timeout=5) == "vehicles/secret/x"
+        assert leaky.messages.get(timeout=5)[0] == "vehicles/secret/x"
         time.sleep(0.5)
         assert tight.messages.empty()
     finally:
@@ -361,7 +305,7 @@ def test_an_unchanged_policy_sends_nothing_and_keeps_devices_connected(broker: M
         time.sleep(0.5)
         assert not car.disconnected.is_set()
         assert car.publish("vehicles/1/state") < 0x80
-        assert car.messages.get(timeout=5) == "vehicles/1/state"
+        assert car.messages.get(timeout=5)[0] == "vehicles/1/state"
 
         # Why it matters: Mosquitto disconnects every holder of a role whose ACLs change.
         wider = (

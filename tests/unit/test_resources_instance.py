@@ -375,7 +375,9 @@ class TestStatefulSet:
         container = broker_container(broker_sts())
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             assert container[probe]["tcpSocket"] == {"port": "mqtt"}
-            assert 1 <= container[probe]["timeoutSeconds"] <= container[probe]["periodSeconds"]
+            timeout = container[probe]["timeoutSeconds"]
+            assert timeout >= 1
+            assert timeout <= container[probe]["periodSeconds"]
         # Liveness gives up later than readiness: an overloaded broker leaves the Service before it restarts.
         live, ready = container["livenessProbe"], container["readinessProbe"]
         assert (
