@@ -89,6 +89,45 @@ class DeviceEvents(ConfigModel):
     disconnect_topic: str | None = None
 
 
+class FunctionCall(ConfigModel):
+    """How the worker calls the function (one HTTP endpoint)."""
+
+    url: str
+    format: Literal["cloudevents", "json"] = "cloudevents"
+    timeout_seconds: float = 30.0
+    # The bounded keep-alive connection pool towards the function.
+    max_connections: int = 64
+
+
+class RetryPolicy(ConfigModel):
+    attempts: int = 3  # retries after the first call
+    backoff: Literal["exponential", "fixed"] = "exponential"
+    initial_delay_seconds: float = 1.0
+    max_delay_seconds: float = 60.0
+
+
+class MqttToFunction(ConfigModel):
+    topic_filters: tuple[str, ...]
+    share_group: str  # subscriptions are $share/<shareGroup>/<filter>
+    function: FunctionCall
+    # CloudEvents `source` (the instance, `/mqtt-operator/<namespace>/<instance>`; the topic is appended)
+    # and `type`.
+    event_source: str
+    event_type: str = "io.mqtt-operator.message"
+    ordered: bool = False
+    concurrency: int = 16  # calls in flight per worker when unordered
+    base64_payload: bool = False
+    batch_max_messages: int = 1
+    batch_max_wait_seconds: float = 60.0
+    retry: RetryPolicy = RetryPolicy()
+    dead_letter_topic: str | None = None  # an MQTT topic
+    # A template over the source message ({topic}, {clientId}, {level.N}) where the function's answer
+    # body is published.
+    reply_topic: str | None = None
+    client_id_topic_level: int | None = None
+    client_id_property: str = "clientId"
+
+
 class BridgeConfig(ConfigModel):
     version: int = CONFIG_VERSION
     # "<namespace>/<name>" of the resource the worker serves, for logs and metrics labels.
@@ -98,6 +137,7 @@ class BridgeConfig(ConfigModel):
     mqtt_to_kafka: MqttToKafka | None = None
     kafka_to_mqtt: KafkaToMqtt | None = None
     device_events: DeviceEvents | None = None
+    mqtt_to_function: MqttToFunction | None = None
     dead_letter_topic: str | None = None  # a Kafka topic for the Kafka integrations
     metrics_port: int = 9090
     # Graceful shutdown budget: stop taking messages, drain, ack/commit, exit within it.
