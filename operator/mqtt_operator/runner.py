@@ -10,14 +10,13 @@ import kopf
 
 from mqtt_operator.api.kinds import (
     FINALIZER,
-    FUNCTION_TRIGGER,
     GROUP,
     REPLICATION_TASK,
     VERSION,
 )
 from mqtt_operator.broker.pool import BrokerPool
 from mqtt_operator.controllers.access import AccessSync
-from mqtt_operator.handlers import access, connector
+from mqtt_operator.handlers import access, connector, trigger
 from mqtt_operator.handlers.context import OperatorContext
 from mqtt_operator.handlers.observe import not_yet_reconciled, reconcile_with
 from mqtt_operator.kube.client import make_client
@@ -55,8 +54,9 @@ def build_registry(operator: OperatorSettings) -> kopf.OperatorRegistry:
     with _default_registry(registry):
         access.register(operator.drift_period_seconds)
         connector.register(operator.drift_period_seconds)
-        # The other bridge kinds are accepted and report that they are not reconciled yet.
-        for kind in (REPLICATION_TASK, FUNCTION_TRIGGER):
+        trigger.register(operator.drift_period_seconds)
+        # ReplicationTask is accepted and reports that it is not reconciled yet.
+        for kind in (REPLICATION_TASK,):
             for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
                 decorator(GROUP, VERSION, kind.plural, id="reconcile")(reconcile_with(not_yet_reconciled))
 

@@ -94,6 +94,7 @@ class WorkerProcess:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bridge-", dir=run_dir())))
     server: Server | None = None
     port: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # e.g. MQTT_PASSWORD, as a Pod's Secret env would be
 
     def start(self, wait_ready: bool = True) -> WorkerProcess:
         self.port = self.port or free_port()
@@ -113,6 +114,7 @@ class WorkerProcess:
                 self.replica_id,
             ],
             self.root / f"worker-{self.replica_id}.log",
+            env=self.env,
         )
         self.server.start()
         if wait_ready:
@@ -186,13 +188,21 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval:
 # --- MQTT ---------------------------------------------------------------------------------------
 
 
-def paho_publish(port: int, messages: Iterable[tuple[str, bytes, dict[str, Any]]], qos: int = 1) -> None:
+def paho_publish(
+    port: int,
+    messages: Iterable[tuple[str, bytes, dict[str, Any]]],
+    qos: int = 1,
+    auth: tuple[str, str] | None = None,
+) -> None:
     """Publish with paho (an independent MQTT 5 implementation), MQTT 5 properties as keyword dicts:
     user_properties=[(k, v)], content_type=str, correlation_data=bytes, client_id (of this publisher).
+    `auth` is (username, password).
     """
     messages = list(messages)
     client_id = next((opts["client_id"] for _, _, opts in messages if "client_id" in opts), unique("pub"))
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if auth is not None:
+        client.username_pw_set(*auth)
     client.connect("127.0.0.1", port, 30)
     client.loop_start()
     try:
@@ -245,9 +255,13 @@ def publish_fast(port: int, items: Iterable[tuple[str, bytes]]) -> None:
 class Subscriber:
     """A paho MQTT 5 subscriber collecting (topic, payload, qos, retain, user properties)."""
 
-    def __init__(self, port: int, topic_filter: str, qos: int = 1) -> None:
+    def __init__(
+        self, port: int, topic_filter: str, qos: int = 1, auth: tuple[str, str] | None = None
+    ) -> None:
         self.messages: list[tuple[str, bytes, int, bool, list[tuple[str, str]]]] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("sub"), protocol=mqtt.MQTTv5)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self._subacked = False
 
         def on_message(_c: Any, _u: Any, msg: Any) -> None:

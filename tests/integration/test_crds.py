@@ -347,6 +347,13 @@ BAD = [
     Bad("mqacl-priority-range", "aclpolicy", {"spec.priority": 5000}, "spec.priority", ["1000"]),
     # KafkaConnector
     Bad(
+        "mqft-name-too-long",
+        "functiontrigger",
+        {"metadata.name": "a" * 45},
+        "<nil>",
+        ["metadata.name of a FunctionTrigger", "at most 44 characters"],
+    ),
+    Bad(
         "mqkc-name-too-long",
         "kafkaconnector",
         {"metadata.name": "a" * 46},

@@ -414,12 +414,12 @@ bridge_in_flight 7
 
 class TestCounters:
     def test_the_agreed_metric_names(self) -> None:
-        assert dict(METRICS) == {
-            "received": "bridge_received_total",
-            "delivered": "bridge_delivered_total",
-            "failed": "bridge_failed_total",
-            "deadLettered": "bridge_dead_lettered_total",
-            "skipped": "bridge_skipped_total",
+        assert {name: (s.metric, s.required) for name, s in METRICS.items()} == {
+            "received": ("bridge_received_total", None),
+            "delivered": ("bridge_delivered_total", None),
+            "failed": ("bridge_failed_total", 'kind="permanent"'),
+            "deadLettered": ("bridge_dead_lettered_total", None),
+            "skipped": ("bridge_skipped_total", None),
         }
 
     def test_exposition_is_summed_over_labels_and_only_permanent_failures_count(self) -> None:

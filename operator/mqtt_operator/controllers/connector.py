@@ -32,19 +32,24 @@ from pydantic import ValidationError
 
 from mqtt_operator.api.conditions import now_rfc3339
 from mqtt_operator.api.connector import KafkaConnectorSpec
-from mqtt_operator.api.kinds import ACL_POLICY, AUTH_USER
 from mqtt_operator.broker.errors import BrokerAuthFailed, BrokerError
 from mqtt_operator.broker.probe import MqttLogin, check_login, end_sessions
 from mqtt_operator.controllers.counters import CounterBook
 from mqtt_operator.controllers.entries import InstanceEntry
 from mqtt_operator.controllers.outcome import ConditionUpdate, Outcome, not_ready
+from mqtt_operator.controllers.workers import (
+    broker_login,
+    client_ids,
+    existing_login,
+    metrics_targets,
+    remove_identity,
+    worker_fields,
+    workers_left,
+)
 from mqtt_operator.kafka.probe import KafkaAccess, KafkaCheck, check_kafka
 from mqtt_operator.kube.apply import apply, delete, get
-from mqtt_operator.kube.client import resource
-from mqtt_operator.kube.pods import running_pod_ips
 from mqtt_operator.kube.secrets import read_secret
 from mqtt_operator.resources.bridge_config import (
-    METRICS_PORT,
     BrokerTarget,
     bridge_config_map,
     consumer_group,
@@ -52,17 +57,14 @@ from mqtt_operator.resources.bridge_config import (
 from mqtt_operator.resources.bridge_statefulset import bridge_statefulset, worker_replicas
 from mqtt_operator.resources.broker_config import config_hash
 from mqtt_operator.resources.connector_names import (
-    BRIDGE_COMPONENT,
     bridge_name,
     check_name,
-    connector_credentials_name,
     connector_user_name,
-    replica_client_id,
     share_group,
 )
 from mqtt_operator.resources.connector_policy import connector_policy
-from mqtt_operator.resources.connector_user import connector_user
 from mqtt_operator.resources.identity import ConnectorIdentity
+from mqtt_operator.resources.worker_names import connector_worker_names
 from mqtt_operator.settings import OperatorSettings
 from mqtt_operator.workers.scrape import METRICS, scrape_all
 
@@ -93,21 +95,6 @@ def _identity_fields(
         "connectorUser": connector_user_name(identity.name) if authorization else None,
         "consumerGroup": consumer_group(identity, spec),
     }
-
-
-def _worker_fields(live_sts: Mapping[str, Any] | None) -> dict[str, int]:
-    status = (live_sts or {}).get("status") or {}
-    return {
-        "replicas": int(status.get("replicas") or 0),
-        "readyReplicas": int(status.get("readyReplicas") or 0),
-    }
-
-
-def _ready_condition(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    status = obj.get("status") or {}
-    if status.get("observedGeneration") != obj["metadata"].get("generation"):
-        return None  # not reconciled since the last change
-    return next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
 
 
 class _MissingSecret(Exception):
@@ -173,84 +160,6 @@ async def _kafka_access(
     return access
 
 
-def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or ())
-
-
-async def _foreign_identity(client: AsyncClient, identity: ConnectorIdentity) -> str | None:
-    """The AuthUser or AclPolicy `<name>-connector` that exists but is not this connector's, if any:
-    applying over it would take it over, and deleting the connector would delete it."""
-    for kind in (AUTH_USER, ACL_POLICY):
-        live = await get(client, resource(kind), identity.namespace, connector_user_name(identity.name))
-        if live is not None and not _owned_by(live, identity.uid):
-            return f"{kind.kind} {connector_user_name(identity.name)}"
-    return None
-
-
-async def _remove_identity(client: AsyncClient, identity: ConnectorIdentity) -> None:
-    """Delete the connector's AuthUser and AclPolicy; ones it does not own are left alone."""
-    for kind in (ACL_POLICY, AUTH_USER):
-        name = connector_user_name(identity.name)
-        live = await get(client, resource(kind), identity.namespace, name)
-        if live is not None and _owned_by(live, identity.uid):
-            await delete(client, resource(kind), identity.namespace, name)
-
-
-async def _broker_login(
-    client: AsyncClient,
-    settings: OperatorSettings,
-    identity: ConnectorIdentity,
-    spec: KafkaConnectorSpec,
-    instance: InstanceEntry,
-    fields: Mapping[str, Any],
-) -> MqttLogin | Outcome:
-    """The login the workers use: the connector's own account (applied here), or anonymous."""
-    assert instance.mqtt_port is not None
-    namespace, name = identity.namespace, identity.name
-    host, port = settings.broker_address(
-        namespace, instance.name, f"{instance.name}.{namespace}.svc", instance.mqtt_port
-    )
-    if not instance.authorization:
-        await _remove_identity(client, identity)
-        return MqttLogin(host, port, None, None)
-    foreign = await _foreign_identity(client, identity)
-    if foreign is not None:
-        return not_ready(
-            "Conflict",
-            f"{foreign} exists and does not belong to this KafkaConnector; the connector needs that name "
-            "for its own broker account: rename or delete the existing object",
-            retry_after=CHECK_RETRY_SECONDS,
-            **fields,
-        )
-    user = await apply(client, connector_user(identity, instance.name))
-    policy = await apply(client, connector_policy(identity, spec))
-    waiting = []
-    for obj in (user, policy):
-        cond = _ready_condition(obj)
-        if cond is None or cond.get("status") != "True":
-            why = f" ({cond.get('reason')}: {cond.get('message')})" if cond else ""
-            waiting.append(f"{obj['kind']} {obj['metadata']['name']}{why}")
-    if waiting:
-        return not_ready(
-            "Pending",
-            f"waiting for the connector's own broker identity to be Ready: {'; '.join(waiting)}",
-            retry_after=5,
-            warn=False,
-            **fields,
-        )
-    secret = await read_secret(client, namespace, connector_credentials_name(name))
-    password = secret.data.get("password") if secret else None
-    if not password:
-        return not_ready(
-            "Pending",
-            f"waiting for the generated password in Secret {connector_credentials_name(name)!r}",
-            retry_after=5,
-            warn=False,
-            **fields,
-        )
-    return MqttLogin(host, port, connector_user_name(name), password)
-
-
 async def check_connection(
     spec: KafkaConnectorSpec, kafka: KafkaAccess, login: MqttLogin
 ) -> tuple[str | None, str]:
@@ -284,20 +193,6 @@ def _stopped_already(body: Mapping[str, Any]) -> bool:
     )
 
 
-def _workers_left(live_sts: Mapping[str, Any]) -> int:
-    """Worker Pods that may still hold their sessions (0 when the controller saw the scale-down done)."""
-    status = live_sts.get("status") or {}
-    observed = status.get("observedGeneration")
-    if observed is not None and observed < live_sts["metadata"].get("generation", 0):
-        return max(1, int(status.get("replicas") or 0))  # the scale-down was not seen yet
-    return int(status.get("replicas") or 0)
-
-
-def _client_ids(identity: ConnectorIdentity, spec: KafkaConnectorSpec, previous_replicas: int) -> list[str]:
-    count = max(spec.replicas, previous_replicas, 1)
-    return [replica_client_id(identity.namespace, identity.name, i) for i in range(count)]
-
-
 async def reconcile_connector(
     body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, instance: InstanceEntry | None
 ) -> Outcome:
@@ -308,6 +203,7 @@ async def reconcile_connector(
     spec = parsed
     identity = ConnectorIdentity.from_body(body)
     namespace, name = identity.namespace, identity.name
+    names = connector_worker_names(namespace, name)
     fields: dict[str, Any] = _identity_fields(identity, spec, bool(instance and instance.authorization))
     if instance is None or instance.deleting:
         return not_ready(
@@ -328,7 +224,9 @@ async def reconcile_connector(
         kafka = await _kafka_access(client, namespace, spec)
         if isinstance(kafka, Outcome):
             return Outcome(kafka.conditions, {**fields, **kafka.fields}, kafka.retry_after, kafka.event)
-        login = await _broker_login(client, settings, identity, spec, instance, fields)
+        login = await broker_login(
+            client, settings, identity, names, instance, connector_policy(identity, spec), fields
+        )
         if isinstance(login, Outcome):
             return login
         previous = await get(client, StatefulSet, namespace, bridge_name(name))
@@ -340,7 +238,7 @@ async def reconcile_connector(
                     f"{message} (checked before workers start; running workers are left as they are)",
                     retry_after=CHECK_RETRY_SECONDS,
                     extra=(ConditionUpdate("ConnectionValid", "False", reason, message),),
-                    **{**fields, **_worker_fields(previous)},
+                    **{**fields, **worker_fields(previous)},
                 )
             connection = ConditionUpdate("ConnectionValid", "True", "Connected", message)
         else:
@@ -371,7 +269,7 @@ async def reconcile_connector(
             retry_after=30,
             **fields,
         )
-    fields.update(_worker_fields(live_sts))
+    fields.update(worker_fields(live_sts))
     replicas = worker_replicas(spec)
     if spec.state == "paused":
         return Outcome(
@@ -390,7 +288,7 @@ async def reconcile_connector(
         )
     if spec.state == "stopped":
         if not _stopped_already(body):
-            left = _workers_left(live_sts)
+            left = workers_left(live_sts)
             if left:
                 return not_ready(
                     "Stopping",
@@ -402,7 +300,7 @@ async def reconcile_connector(
                 )
             previous_replicas = int(((previous or {}).get("spec") or {}).get("replicas") or 0)
             try:
-                await end_sessions(login, _client_ids(identity, spec, previous_replicas))
+                await end_sessions(login, client_ids(names, spec.replicas, previous_replicas))
             except BrokerError as err:
                 return not_ready(
                     "BrokerUnreachable",
@@ -450,28 +348,20 @@ async def delete_connector(
     """
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    identity = ConnectorIdentity.from_body(body)
+    names = connector_worker_names(namespace, name)
     live_sts = await get(client, StatefulSet, namespace, bridge_name(name))
     await delete(client, StatefulSet, namespace, bridge_name(name))
     await delete(client, ConfigMap, namespace, bridge_name(name))
-    if instance is not None and not instance.deleting and instance.mqtt_port is not None:
-        login: MqttLogin | None = None
-        host, port = settings.broker_address(
-            namespace, instance.name, f"{instance.name}.{namespace}.svc", instance.mqtt_port
-        )
-        if instance.authorization:
-            secret = await read_secret(client, namespace, connector_credentials_name(name))
-            if secret is not None and secret.data.get("password"):
-                login = MqttLogin(host, port, connector_user_name(name), secret.data["password"])
-        else:
-            login = MqttLogin(host, port, None, None)
-        parsed = _parse(body)
-        if login is not None and not isinstance(parsed, Outcome):
-            previous = int(((live_sts or {}).get("spec") or {}).get("replicas") or 0)
-            try:
-                await end_sessions(login, _client_ids(ConnectorIdentity.from_body(body), parsed, previous))
-            except BrokerError as err:
-                log.warning("could not remove the workers' MQTT sessions: %s", err, extra={"connector": name})
-    await _remove_identity(client, ConnectorIdentity.from_body(body))
+    login = await existing_login(client, settings, names, instance)
+    parsed = _parse(body)
+    if login is not None and not isinstance(parsed, Outcome):
+        previous = int(((live_sts or {}).get("spec") or {}).get("replicas") or 0)
+        try:
+            await end_sessions(login, client_ids(names, parsed.replicas, previous))
+        except BrokerError as err:
+            log.warning("could not remove the workers' MQTT sessions: %s", err, extra={"connector": name})
+    await remove_identity(client, identity, names)
 
 
 def _stale(counters: Mapping[str, Any], now: datetime) -> bool:
@@ -491,20 +381,12 @@ async def collect_counters(
     and how many of them exist and are ready. Only fields that should be written are returned."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    override = settings.worker_metrics_addresses.get(f"{namespace}/{name}")
-    if override is not None:
-        targets = {address: address for address in override}
-    else:
-        selector = ConnectorIdentity.from_body(body).selector_labels(BRIDGE_COMPONENT)
-        pods = await running_pod_ips(client, namespace, selector)
-        targets = {pod: f"{ip}:{METRICS_PORT}" for pod, ip in pods.items()}
+    targets = await metrics_targets(client, settings, ConnectorIdentity.from_body(body))
     scraped = await scrape_all(targets)
     status = body.get("status") or {}
     shown: Mapping[str, Any] | None = status.get("counters")
     totals = book.update((namespace, name, meta.get("uid", "")), shown, scraped)
-    fields: dict[str, Any] = dict(
-        _worker_fields(await get(client, StatefulSet, namespace, bridge_name(name)))
-    )
+    fields: dict[str, Any] = dict(worker_fields(await get(client, StatefulSet, namespace, bridge_name(name))))
     now = datetime.now(UTC)
     if shown is None:
         fields["counters"] = {**totals, **({"lastUpdateTime": now_rfc3339()} if scraped else {})}

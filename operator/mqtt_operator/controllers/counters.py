@@ -13,36 +13,35 @@ all).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from mqtt_operator.workers.scrape import METRICS, Counters
 
 
-def _zero() -> Counters:
-    return dict.fromkeys(METRICS, 0)
-
-
-def _add(a: Mapping[str, int], b: Mapping[str, int]) -> Counters:
-    return {name: int(a.get(name, 0)) + int(b.get(name, 0)) for name in METRICS}
+def _add(names: Collection[str], a: Mapping[str, int], b: Mapping[str, int]) -> Counters:
+    return {name: int(a.get(name, 0)) + int(b.get(name, 0)) for name in names}
 
 
 @dataclass
 class _Track:
-    carry: Counters = field(default_factory=_zero)
+    names: Collection[str]
+    carry: Counters = field(default_factory=dict)
     last: dict[str, Counters] = field(default_factory=dict)
 
     def total(self) -> Counters:
-        result = dict(self.carry)
+        result = _add(self.names, self.carry, {})
         for values in self.last.values():
-            result = _add(result, values)
+            result = _add(self.names, result, values)
         return result
 
 
 class CounterBook:
-    """The counters of every connector this operator collects, keyed by (namespace, name, uid)."""
+    """The counters of every integration of one kind this operator collects, keyed by (namespace, name,
+    uid); `names` are its status.counters fields."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: Collection[str] = tuple(METRICS)) -> None:
+        self.names = tuple(names)
         self._tracks: dict[tuple[str, str, str], _Track] = {}
 
     def update(
@@ -51,18 +50,21 @@ class CounterBook:
         """The connector's counters after a scrape; `shown` is what its status holds now."""
         track = self._tracks.get(key)
         if track is None:
-            track = _Track()
-            now = _zero()
+            names = self.names
+            track = _Track(names)
+            now = _add(names, {}, {})
             for values in scraped.values():
-                now = _add(now, values)
-            track.carry = {name: max(0, int((shown or {}).get(name, 0)) - now[name]) for name in METRICS}
+                now = _add(names, now, values)
+            track.carry = {name: max(0, int((shown or {}).get(name, 0)) - now[name]) for name in names}
             track.last = {worker: dict(values) for worker, values in scraped.items()}
             self._tracks[key] = track
             return track.total()
         for worker, values in scraped.items():
             before = track.last.get(worker)
-            if before is not None and any(values.get(n, 0) < before.get(n, 0) for n in METRICS):
-                track.carry = _add(track.carry, before)  # a new process: its predecessor's counts stay
+            if before is not None and any(values.get(n, 0) < before.get(n, 0) for n in self.names):
+                track.carry = _add(
+                    self.names, track.carry, before
+                )  # a new process: its predecessor's counts stay
             track.last[worker] = dict(values)
         return track.total()
 

@@ -23,15 +23,16 @@ log = logging.getLogger(__name__)
 COUNTERS_PERIOD_SECONDS = 15.0
 
 
-def _instance(body: Mapping[str, Any], indexes: Mapping[str, Any]) -> InstanceEntry | None:
-    """The connector's MqttInstance, from the index of handlers/access.py (filled before any handler runs)."""
+def instance_of(body: Mapping[str, Any], indexes: Mapping[str, Any]) -> InstanceEntry | None:
+    """The MqttInstance named by spec.instanceRef, from the index of handlers/access.py (filled before any
+    handler runs)."""
     ref = (body.get("spec") or {}).get("instanceRef") or {}
     found = list(indexes["mqtt_instances"].get((body["metadata"]["namespace"], ref.get("name", "")), []))
     return found[0] if found else None
 
 
 async def reconcile(body: Mapping[str, Any], ctx: OperatorContext, indexes: Mapping[str, Any]) -> Outcome:
-    return await reconcile_connector(body, ctx.client, ctx.settings, _instance(body, indexes))
+    return await reconcile_connector(body, ctx.client, ctx.settings, instance_of(body, indexes))
 
 
 async def recheck(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
@@ -61,7 +62,7 @@ async def refresh_counters(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def cleanup(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
     """Finalizer: the workers, their config and the connector's broker identity go with it."""
     ctx: OperatorContext = memo["ctx"]
-    await delete_connector(body, ctx.client, ctx.settings, _instance(body, indexes))
+    await delete_connector(body, ctx.client, ctx.settings, instance_of(body, indexes))
     meta = body["metadata"]
     ctx.counters.forget((meta["namespace"], meta["name"], meta.get("uid", "")))
 

@@ -10,6 +10,7 @@ from mqtt_operator.broker.pool import BrokerPool
 from mqtt_operator.controllers.access import AccessSync
 from mqtt_operator.controllers.counters import CounterBook
 from mqtt_operator.settings import OperatorSettings
+from mqtt_operator.workers.scrape import FUNCTION_METRICS
 
 
 @dataclass
@@ -18,4 +19,5 @@ class OperatorContext:
     client: AsyncClient
     pool: BrokerPool
     access: AccessSync
-    counters: CounterBook = field(default_factory=CounterBook)
+    counters: CounterBook = field(default_factory=CounterBook)  # KafkaConnectors'
+    trigger_counters: CounterBook = field(default_factory=lambda: CounterBook(FUNCTION_METRICS))

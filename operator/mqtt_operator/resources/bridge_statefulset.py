@@ -1,4 +1,5 @@
-"""The workers' StatefulSet `<name>-bridge`: hardened `mqtt-operator bridge` Pods with stable names.
+"""The workers' StatefulSet (`<name>-bridge`, `<name>-trigger`): hardened `mqtt-operator bridge` Pods with
+stable names.
 
 A StatefulSet, not a Deployment: a worker's MQTT client id is `<prefix>-<Pod name>`, and only a
 StatefulSet Pod keeps its name across restarts, so a restarted worker resumes its persistent session
@@ -9,6 +10,7 @@ runs two Pods of one ordinal at once, which `ordered: true` (one worker) relies 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from mqtt_operator.api.connector import KafkaConnectorSpec
@@ -21,13 +23,9 @@ from mqtt_operator.resources.bridge_config import (
     METRICS_PORT,
 )
 from mqtt_operator.resources.broker_config import CONFIG_HASH_ANNOTATION
-from mqtt_operator.resources.connector_names import (
-    BRIDGE_COMPONENT,
-    bridge_name,
-    check_name,
-    connector_credentials_name,
-)
-from mqtt_operator.resources.identity import ConnectorIdentity
+from mqtt_operator.resources.connector_names import BRIDGE_COMPONENT, check_name
+from mqtt_operator.resources.identity import ConnectorIdentity, OwnerIdentity
+from mqtt_operator.resources.worker_names import WorkerNames, connector_worker_names
 
 WORKER_UID = 65532  # the image's mqtt-operator user
 POD_NAME_ENV = "POD_NAME"
@@ -54,58 +52,75 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _env(identity: ConnectorIdentity, spec: KafkaConnectorSpec, authorization: bool) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        # The worker's client id is `<clientIdPrefix>-$POD_NAME`.
-        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-    ]
-    if authorization:
-        env.append(_secret_env(MQTT_PASSWORD_ENV, connector_credentials_name(identity.name), "password"))
+@dataclass(frozen=True)
+class SecretMount:
+    volume: str
+    secret: str
+    mount_path: str
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    """What differs between the kinds that run bridge workers; the rest of the Pod is the same for all."""
+
+    names: WorkerNames
+    replicas: int
+    env: tuple[dict[str, Any], ...] = ()  # beyond POD_NAME and MQTT_PASSWORD: e.g. Kafka SASL from Secrets
+    secret_mounts: tuple[SecretMount, ...] = ()
+    resources: dict[str, Any] | None = None
+
+
+def connector_pod(identity: ConnectorIdentity, spec: KafkaConnectorSpec) -> WorkerPod:
+    env: list[dict[str, Any]] = []
     sasl = spec.kafka.sasl
     if sasl is not None:
         ref = sasl.secret_ref
         env.append(_secret_env(KAFKA_SASL_USERNAME_ENV, ref.name, ref.username_key))
         env.append(_secret_env(KAFKA_SASL_PASSWORD_ENV, ref.name, ref.password_key))
-    return env
+    mounts: list[SecretMount] = []
+    tls = spec.kafka.tls
+    if tls is not None and tls.ca_secret_ref is not None:
+        mounts.append(SecretMount(KAFKA_CA_VOLUME, tls.ca_secret_ref.name, KAFKA_CA_DIR))
+    if tls is not None and tls.cert_secret_ref is not None:
+        mounts.append(SecretMount(KAFKA_CLIENT_CERT_VOLUME, tls.cert_secret_ref.name, KAFKA_CLIENT_CERT_DIR))
+    return WorkerPod(
+        names=connector_worker_names(identity.namespace, identity.name),
+        replicas=worker_replicas(spec),
+        env=tuple(env),
+        secret_mounts=tuple(mounts),
+        resources=spec.resources,
+    )
 
 
-def _volumes(identity: ConnectorIdentity, spec: KafkaConnectorSpec) -> list[dict[str, Any]]:
+def _env(pod: WorkerPod, authorization: bool) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        # The worker's client id is `<clientIdPrefix>-$POD_NAME`.
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    if authorization:
+        env.append(_secret_env(MQTT_PASSWORD_ENV, pod.names.credentials, "password"))
+    return env + [dict(item) for item in pod.env]
+
+
+def _volumes(pod: WorkerPod) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": CONFIG_VOLUME, "configMap": {"name": bridge_name(identity.name)}},
+        {"name": CONFIG_VOLUME, "configMap": {"name": pod.names.workload}},
         # The root filesystem is read-only; Python libraries may still want a scratch /tmp.
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
     ]
-    tls = spec.kafka.tls
     # 0440 with fsGroup: readable by the worker's group, not by every user in the Pod.
-    if tls is not None and tls.ca_secret_ref is not None:
-        volumes.append(
-            {
-                "name": KAFKA_CA_VOLUME,
-                "secret": {"secretName": tls.ca_secret_ref.name, "defaultMode": 0o440},
-            }
-        )
-    if tls is not None and tls.cert_secret_ref is not None:
-        volumes.append(
-            {
-                "name": KAFKA_CLIENT_CERT_VOLUME,
-                "secret": {"secretName": tls.cert_secret_ref.name, "defaultMode": 0o440},
-            }
-        )
+    for mount in pod.secret_mounts:
+        volumes.append({"name": mount.volume, "secret": {"secretName": mount.secret, "defaultMode": 0o440}})
     return volumes
 
 
-def _mounts(spec: KafkaConnectorSpec) -> list[dict[str, Any]]:
+def _mounts(pod: WorkerPod) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
         {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": TMP_VOLUME, "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir, not the host's /tmp
     ]
-    tls = spec.kafka.tls
-    if tls is not None and tls.ca_secret_ref is not None:
-        mounts.append({"name": KAFKA_CA_VOLUME, "mountPath": KAFKA_CA_DIR, "readOnly": True})
-    if tls is not None and tls.cert_secret_ref is not None:
-        mounts.append(
-            {"name": KAFKA_CLIENT_CERT_VOLUME, "mountPath": KAFKA_CLIENT_CERT_DIR, "readOnly": True}
-        )
+    for mount in pod.secret_mounts:
+        mounts.append({"name": mount.volume, "mountPath": mount.mount_path, "readOnly": True})
     return mounts
 
 
@@ -119,22 +134,20 @@ def _http_probe(path: str, *, period: int, failures: int, initial_delay: int = 0
     }
 
 
-def _container(
-    identity: ConnectorIdentity, spec: KafkaConnectorSpec, image: str, authorization: bool
-) -> dict[str, Any]:
+def _container(pod: WorkerPod, image: str, authorization: bool) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
         "command": ["mqtt-operator"],
         "args": ["bridge", "--config", CONFIG_PATH],
-        "env": _env(identity, spec, authorization),
+        "env": _env(pod, authorization),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         # /healthz: the process works (a worker waiting for Kafka is alive, not ready); /readyz: it
         # is connected on both sides and takes messages.
         "startupProbe": _http_probe("/healthz", period=2, failures=30),
         "livenessProbe": _http_probe("/healthz", period=10, failures=3),
         "readinessProbe": _http_probe("/readyz", period=5, failures=2),
-        "volumeMounts": _mounts(spec),
+        "volumeMounts": _mounts(pod),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -142,8 +155,8 @@ def _container(
             "runAsNonRoot": True,
         },
     }
-    if spec.resources:
-        container["resources"] = copy.deepcopy(spec.resources)
+    if pod.resources:
+        container["resources"] = copy.deepcopy(pod.resources)
     return container
 
 
@@ -155,16 +168,30 @@ def bridge_statefulset(
     config_hash: str,
     authorization: bool,
 ) -> dict[str, Any]:
+    """A KafkaConnector's workers (see worker_statefulset)."""
+    check_name(identity.name)
+    return worker_statefulset(
+        identity,
+        connector_pod(identity, spec),
+        image=image,
+        config_hash=config_hash,
+        authorization=authorization,
+    )
+
+
+def worker_statefulset(
+    identity: OwnerIdentity, pod: WorkerPod, *, image: str, config_hash: str, authorization: bool
+) -> dict[str, Any]:
     """`config_hash` (broker_config.config_hash of the ConfigMap's data) rolls the workers on a new config;
     `authorization` says whether the instance enforces it, i.e. whether the worker logs in with the
-    connector's own account (MQTT_PASSWORD from its generated Secret)."""
-    check_name(identity.name)
+    integration's own account (MQTT_PASSWORD from its generated Secret)."""
+    pod.names.check()
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": identity.metadata(bridge_name(identity.name), BRIDGE_COMPONENT),
+        "metadata": identity.metadata(pod.names.workload, BRIDGE_COMPONENT),
         "spec": {
-            "replicas": worker_replicas(spec),
+            "replicas": pod.replicas,
             "selector": {"matchLabels": identity.selector_labels(BRIDGE_COMPONENT)},
             # Workers are independent: start and stop them all at once, not one after the other.
             "podManagementPolicy": "Parallel",
@@ -186,8 +213,8 @@ def bridge_statefulset(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-                    "containers": [_container(identity, spec, image, authorization)],
-                    "volumes": _volumes(identity, spec),
+                    "containers": [_container(pod, image, authorization)],
+                    "volumes": _volumes(pod),
                 },
             },
         },

@@ -10,31 +10,56 @@ import asyncio
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiohttp
 
 log = logging.getLogger(__name__)
 
-# status.counters field -> the worker's metric (bridge/metrics.py).
-METRICS: Mapping[str, str] = {
-    "received": "bridge_received_total",
-    "delivered": "bridge_delivered_total",
-    "failed": "bridge_failed_total",
-    "deadLettered": "bridge_dead_lettered_total",
-    "skipped": "bridge_skipped_total",
+
+@dataclass(frozen=True)
+class Series:
+    """A worker metric summed over its label sets, or only over those carrying `required`."""
+
+    metric: str
+    required: str | None = None
+
+
+# A KafkaConnector's status.counters field -> the worker's metric (bridge/metrics.py).
+METRICS: Mapping[str, Series] = {
+    "received": Series("bridge_received_total"),
+    "delivered": Series("bridge_delivered_total"),
+    # The worker counts every failed attempt; a message has failed only when the failure was permanent
+    # (transient ones are retried until they succeed).
+    "failed": Series("bridge_failed_total", 'kind="permanent"'),
+    "deadLettered": Series("bridge_dead_lettered_total"),
+    "skipped": Series("bridge_skipped_total"),
 }
-# The worker counts every failed attempt; a message has failed only when the failure was permanent
-# (transient ones are retried until they succeed).
-REQUIRED_LABEL: Mapping[str, str] = {"failed": 'kind="permanent"'}
+# A FunctionTrigger's: calls for invoked/succeeded/retried/timedOut, messages for failed/deadLettered.
+FUNCTION_METRICS: Mapping[str, Series] = {
+    "invoked": Series("bridge_function_calls_total"),
+    "succeeded": Series("bridge_function_succeeded_total"),
+    "failed": Series("bridge_failed_total", 'kind="permanent"'),
+    "retried": Series("bridge_function_retries_total"),
+    "timedOut": Series("bridge_function_timeouts_total"),
+    "deadLettered": Series("bridge_dead_lettered_total"),
+}
+# A gauge, not a counter: how many workers reach the function now (kept out of status.counters).
+FUNCTION_REACHABLE = "functionReachable"
+FUNCTION_GAUGES: Mapping[str, Series] = {
+    FUNCTION_REACHABLE: Series("bridge_connected", 'endpoint="function"'),
+}
 # One worker may take this long to answer.
 SCRAPE_TIMEOUT = 3.0
-_FIELD_OF = {metric: name for name, metric in METRICS.items()}
 Counters = dict[str, int]
 
 
-def parse_counters(text: str) -> Counters:
-    """The counters in a Prometheus text exposition: each METRICS name summed over its label sets."""
-    totals = dict.fromkeys(METRICS, 0.0)
+def parse_counters(text: str, metrics: Mapping[str, Series] = METRICS) -> Counters:
+    """The figures in a Prometheus text exposition: each of `metrics` summed over its label sets."""
+    field_of: dict[str, list[str]] = {}
+    for name, series in metrics.items():
+        field_of.setdefault(series.metric, []).append(name)
+    totals = dict.fromkeys(metrics, 0.0)
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -44,39 +69,44 @@ def parse_counters(text: str) -> Counters:
             name, rest = line[:brace], line[line.rfind("}") + 1 :]
         else:
             name, _, rest = line.partition(" ")
-        field = _FIELD_OF.get(name.strip())
-        if field is None:
-            continue
-        required = REQUIRED_LABEL.get(field)
-        if required is not None and required not in line[brace:]:
+        fields = field_of.get(name.strip())
+        if fields is None:
             continue
         parts = rest.split()
         try:
             value = float(parts[0])
         except (IndexError, ValueError):
             continue
-        if math.isfinite(value) and value > 0:
-            totals[field] += value
+        if not math.isfinite(value) or value <= 0:
+            continue
+        for field in fields:
+            required = metrics[field].required
+            if required is None or (brace >= 0 and required in line[brace:]):
+                totals[field] += value
     return {name: int(value) for name, value in totals.items()}
 
 
-async def scrape(session: aiohttp.ClientSession, address: str) -> Counters | None:
+async def scrape(
+    session: aiohttp.ClientSession, address: str, metrics: Mapping[str, Series] = METRICS
+) -> Counters | None:
     """The worker at `address` (host:port)'s counters, or None when it did not answer."""
     try:
         async with session.get(f"http://{address}/metrics") as response:
             if response.status != 200:
                 log.debug("worker metrics answered HTTP %s", response.status, extra={"worker": address})
                 return None
-            return parse_counters(await response.text())
+            return parse_counters(await response.text(), metrics)
     except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError) as err:
         log.debug("worker metrics not reachable: %s", err, extra={"worker": address})
         return None
 
 
-async def scrape_all(targets: Mapping[str, str]) -> dict[str, Counters]:
+async def scrape_all(
+    targets: Mapping[str, str], metrics: Mapping[str, Series] = METRICS
+) -> dict[str, Counters]:
     """worker name -> its counters, for every worker of `targets` (name -> host:port) that answered."""
     if not targets:
         return {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)) as session:
-        results = await asyncio.gather(*(scrape(session, address) for address in targets.values()))
+        results = await asyncio.gather(*(scrape(session, address, metrics) for address in targets.values()))
     return {name: counters for name, counters in zip(targets, results, strict=True) if counters is not None}

@@ -1,0 +1,118 @@
+"""A FunctionTrigger's workers: their ConfigMap `<name>-trigger` (the BridgeConfig with `mqttToFunction`),
+their Pod shape, and the AclPolicy rules of the trigger's own broker account. Pure."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mqtt_operator.api.base import duration_seconds
+from mqtt_operator.api.function import FunctionTriggerSpec
+from mqtt_operator.bridge.config import BridgeConfig, FunctionCall, MqttEndpoint, MqttToFunction, RetryPolicy
+from mqtt_operator.resources.bridge_config import (
+    CONFIG_FILE,
+    METRICS_PORT,
+    BrokerTarget,
+    render_bridge_config,
+)
+from mqtt_operator.resources.bridge_statefulset import WorkerPod
+from mqtt_operator.resources.connector_names import BRIDGE_COMPONENT
+from mqtt_operator.resources.identity import OwnerIdentity
+from mqtt_operator.resources.worker_access import allow_rules
+from mqtt_operator.resources.worker_names import WorkerNames
+
+_PLACEHOLDER = re.compile(r"\{[^}]*\}")
+
+
+def event_source(namespace: str, instance: str) -> str:
+    """CloudEvents `source`: the instance; the worker appends the message's topic."""
+    return f"/mqtt-operator/{namespace}/{instance}"
+
+
+def worker_count(spec: FunctionTriggerSpec) -> int:
+    """0 while disabled (the sessions stay, messages wait); one worker when ordered."""
+    if not spec.enabled:
+        return 0
+    return min(spec.replicas, 1) if spec.ordered else spec.replicas
+
+
+def trigger_pod(names: WorkerNames, spec: FunctionTriggerSpec) -> WorkerPod:
+    return WorkerPod(names=names, replicas=worker_count(spec), resources=spec.resources)
+
+
+def publish_filter(template: str) -> str:
+    """The ACL filter covering every topic a reply template can produce: a level holding a placeholder
+    becomes `+`; from a `{topic}` placeholder on (any number of levels) the rest becomes `#`."""
+    levels: list[str] = []
+    for level in template.split("/"):
+        if "{topic}" in level:
+            levels.append("#")
+            break
+        levels.append("+" if _PLACEHOLDER.search(level) else level)
+    return "/".join(levels)
+
+
+def trigger_rules(spec: FunctionTriggerSpec) -> list[dict[str, Any]]:
+    """Subscribe + receive on the trigger's filters (granted also in their `$share/+/...` form by the ACL
+    translation); publish on the dead-letter topic and where replies may go."""
+    rules = allow_rules(["subscribe", "receive"], spec.topic_filters)
+    published = []
+    if spec.dead_letter is not None:
+        published.append(spec.dead_letter.mqtt_topic)
+    if spec.reply_topic is not None:
+        published.append(publish_filter(spec.reply_topic))
+    if published:
+        rules += allow_rules(["publish"], sorted(set(published)))
+    return rules
+
+
+def trigger_config(
+    names: WorkerNames,
+    spec: FunctionTriggerSpec,
+    broker: BrokerTarget,
+    username: str | None,
+    function_url: str,
+) -> BridgeConfig:
+    """`username` is the trigger's own broker account, None when the instance enforces no authorization."""
+    retry = spec.retry
+    return BridgeConfig(
+        owner=f"{names.namespace}/{names.name}",
+        mqtt=MqttEndpoint(
+            host=broker.host,
+            port=broker.port,
+            username=username,
+            client_id_prefix=names.client_id_prefix,
+            session_expiry_seconds=broker.session_expiry_seconds,
+        ),
+        mqtt_to_function=MqttToFunction(
+            topic_filters=spec.topic_filters,
+            share_group=names.share_group,
+            function=FunctionCall(
+                url=function_url, format=spec.format, timeout_seconds=duration_seconds(spec.timeout)
+            ),
+            event_source=event_source(names.namespace, spec.instance_ref.name),
+            ordered=spec.ordered,
+            concurrency=spec.calls_in_flight,
+            base64_payload=spec.base64_payload,
+            batch_max_messages=spec.batch.max_messages,
+            batch_max_wait_seconds=duration_seconds(spec.batch.max_wait),
+            retry=RetryPolicy(
+                attempts=retry.attempts,
+                backoff=retry.backoff,
+                initial_delay_seconds=duration_seconds(retry.initial_delay),
+                max_delay_seconds=duration_seconds(retry.max_delay),
+            ),
+            dead_letter_topic=spec.dead_letter.mqtt_topic if spec.dead_letter else None,
+            reply_topic=spec.reply_topic,
+        ),
+        metrics_port=METRICS_PORT,
+    )
+
+
+def trigger_config_map(identity: OwnerIdentity, names: WorkerNames, config: BridgeConfig) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": identity.metadata(names.workload, BRIDGE_COMPONENT),
+        "data": {CONFIG_FILE: render_bridge_config(config)},
+    }
