@@ -379,13 +379,18 @@ class TestBrokerIdentity:
         assert policy["metadata"]["name"] == "vehicles-connector"
         assert policy["spec"]["users"] == ["vehicles-connector"]
         assert policy["spec"]["instanceRef"] == {"name": "devices"}
+        # The example asks for device events: the broker's connect/disconnect notices are readable too.
         assert policy["spec"]["rules"] == [
-            {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["vehicles/+/state"]}
+            {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["vehicles/+/state"]},
+            {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["$SYS/broker/log/N"]},
         ]
+        plain = connector_policy(ID, spec(deviceEvents=None))
+        assert [t for r in plain["spec"]["rules"] for t in r["topics"]] == ["vehicles/+/state"]
 
     def test_64_filters_are_split_into_rules_of_32(self) -> None:
         filters = [f"site/{i}/#" for i in range(64)]
-        rules = connector_policy(ID, uplink(topicFilters=filters))["spec"]["rules"]
+        with_filters = {**EXAMPLE["spec"]["mqttToKafka"], "topicFilters": filters}
+        rules = connector_policy(ID, spec(mqttToKafka=with_filters, deviceEvents=None))["spec"]["rules"]
         assert [len(r["topics"]) for r in rules] == [32, 32]
         assert [t for r in rules for t in r["topics"]] == filters
 

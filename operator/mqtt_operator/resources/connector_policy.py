@@ -18,12 +18,18 @@ from mqtt_operator.resources.worker_access import allow_rules, worker_policy
 from mqtt_operator.resources.worker_names import connector_worker_names
 
 DOWNLINK_TOPICS = ("#",)
+DEVICE_EVENTS_TOPIC = "$SYS/broker/log/N"
 
 
 def _rules(spec: KafkaConnectorSpec) -> list[dict[str, Any]]:
     if spec.mqtt_to_kafka is not None:
-        return allow_rules(["subscribe", "receive"], spec.mqtt_to_kafka.topic_filters)
-    return allow_rules(["publish"], DOWNLINK_TOPICS)
+        rules = allow_rules(["subscribe", "receive"], spec.mqtt_to_kafka.topic_filters)
+    else:
+        rules = allow_rules(["publish"], DOWNLINK_TOPICS)
+    if spec.device_events is not None:
+        # The broker's connect/disconnect notices (bridge/device_events.py).
+        rules += allow_rules(["subscribe", "receive"], [DEVICE_EVENTS_TOPIC])
+    return rules
 
 
 def connector_policy(identity: ConnectorIdentity, spec: KafkaConnectorSpec) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""Device lifecycle events: Mosquitto's connect/disconnect notices turned into Kafka records. Pure.
+
+Mosquitto 2.0 has no per-client event topic and its 2.0 plugin interface has no connect event. What it
+has is its log, which the operator's mosquitto.conf also sends to the broker itself (`log_dest topic`):
+each notice-level line is published on `$SYS/broker/log/N`, and `connection_messages true` makes every
+connect and disconnect such a line:
+
+    2026-11-23T16:44:19: New client connected from 10.0.0.7:36448 as car-17 (p5, c0, k60, u'car-17').
+    2026-11-23T16:44:21: Client car-17 disconnected.
+    2026-11-23T16:44:22: Client car-18 closed its connection.
+
+The worker subscribes to that topic with its own persistent session and maps each such line to
+`{"clientid", "ts", "event", ...}` on the connect or disconnect topic; other lines are skipped.
+Trade-offs (docs/bridge.md): the line format is Mosquitto's and is matched here exactly (tested
+against the real 2.0.11); `$share/...` subscriptions do not receive `$SYS` topics in 2.0.11, so only one
+worker (ordinal 0) reads them; a client id containing " (p" cannot be told apart from the fields after it
+(the last match wins, which is right for every id Mosquitto accepts in practice).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from calendar import timegm
+from dataclasses import dataclass
+from time import strptime
+from typing import Final
+
+from mqtt_operator.bridge.config import DeviceEvents
+from mqtt_operator.bridge.mapping import KafkaRecord, Skip
+from mqtt_operator.bridge.mqtt5 import Message
+
+# The notice-level log topic (`log_dest topic`): I, N, W, E, D are information, notice, warning ...
+LOG_TOPIC: Final = "$SYS/broker/log/N"
+
+_STAMP = r"(?P<ts>\d{10,}|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}): "
+_CONNECTED = re.compile(
+    _STAMP + r"New client connected from (?P<address>\S+) as (?P<clientid>.+) "
+    r"\(p(?P<protocol>\d+), c(?P<clean>[01]), k(?P<keepalive>\d+)(?:, u'(?P<username>.*)')?\)\.$",
+    re.DOTALL,
+)
+# Every way Mosquitto 2.0 words a client going away, with the reason we report.
+_GONE: Final = (
+    (re.compile(_STAMP + r"Client (?P<clientid>.+) disconnected\.$", re.DOTALL), "disconnected"),
+    (
+        re.compile(_STAMP + r"Client (?P<clientid>.+) closed its connection\.$", re.DOTALL),
+        "connection_closed",
+    ),
+    (
+        re.compile(_STAMP + r"Client (?P<clientid>.+) has exceeded timeout, disconnecting\.$", re.DOTALL),
+        "keepalive_timeout",
+    ),
+    (
+        re.compile(_STAMP + r"Socket error on client (?P<clientid>.+), disconnecting\.$", re.DOTALL),
+        "socket_error",
+    ),
+    (
+        re.compile(_STAMP + r"Client (?P<clientid>.+) disconnected due to protocol error\.$", re.DOTALL),
+        "protocol_error",
+    ),
+    (
+        re.compile(_STAMP + r"Client (?P<clientid>.+) disconnected, not authorised\.$", re.DOTALL),
+        "not_authorised",
+    ),
+    (
+        re.compile(
+            _STAMP + r"Client (?P<clientid>.+) already connected, closing old connection\.$", re.DOTALL
+        ),
+        "taken_over",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    event: str  # "connect" or "disconnect"
+    clientid: str
+    ts_ms: int
+    reason: str | None = None
+    address: str | None = None
+    username: str | None = None
+    protocol: int | None = None
+    clean_start: bool | None = None
+    keepalive: int | None = None
+
+    def to_json(self) -> bytes:
+        body: dict[str, object] = {"clientid": self.clientid, "ts": self.ts_ms, "event": self.event}
+        for name in ("reason", "address", "username", "protocol", "keepalive"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        if self.clean_start is not None:
+            body["cleanStart"] = self.clean_start
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _ts_ms(stamp: str, fallback_ms: int) -> int:
+    """The log line's time: epoch seconds, or the operator's `%Y-%m-%dT%H:%M:%S` (the broker runs in UTC)."""
+    if stamp.isdigit():
+        return int(stamp) * 1000
+    try:
+        return timegm(strptime(stamp, "%Y-%m-%dT%H:%M:%S")) * 1000
+    except ValueError:
+        return fallback_ms
+
+
+def parse_log_line(line: str, received_ms: int) -> DeviceEvent | None:
+    """The event a log line reports, or None when it reports no connect or disconnect."""
+    line = line.rstrip("\n")
+    match = _CONNECTED.match(line)
+    if match is not None:
+        return DeviceEvent(
+            event="connect",
+            clientid=match["clientid"],
+            ts_ms=_ts_ms(match["ts"], received_ms),
+            address=match["address"],
+            username=match["username"],
+            protocol=int(match["protocol"]),
+            clean_start=match["clean"] == "1",
+            keepalive=int(match["keepalive"]),
+        )
+    for pattern, reason in _GONE:
+        match = pattern.match(line)
+        if match is not None:
+            return DeviceEvent(
+                event="disconnect",
+                clientid=match["clientid"],
+                ts_ms=_ts_ms(match["ts"], received_ms),
+                reason=reason,
+            )
+    return None
+
+
+class DeviceEventMapping:
+    """Message on LOG_TOPIC -> a record on the connect or disconnect topic (keyed by client id), or Skip."""
+
+    def __init__(self, spec: DeviceEvents) -> None:
+        self.connect_topic = spec.connect_topic
+        self.disconnect_topic = spec.disconnect_topic
+
+    def __call__(self, msg: Message) -> KafkaRecord | Skip:
+        received_ms = int(msg.received * 1000)
+        try:
+            text = msg.payload.decode()
+        except UnicodeDecodeError:
+            return Skip("not a log line")
+        event = parse_log_line(text, received_ms)
+        if event is None:
+            return Skip("not a connect or disconnect")
+        topic = self.connect_topic if event.event == "connect" else self.disconnect_topic
+        if topic is None:
+            return Skip(f"no topic configured for {event.event} events")
+        return KafkaRecord(
+            topic=topic,
+            key=event.clientid.encode(),
+            value=event.to_json(),
+            headers=[("mqtt.event", event.event.encode())],
+            timestamp_ms=event.ts_ms,
+        )
