@@ -17,6 +17,8 @@ CONFIG_VERSION = 1
 MQTT_PASSWORD_ENV = "MQTT_PASSWORD"  # noqa: S105 - the name of a variable, not a password
 KAFKA_SASL_USERNAME_ENV = "KAFKA_SASL_USERNAME"
 KAFKA_SASL_PASSWORD_ENV = "KAFKA_SASL_PASSWORD"  # noqa: S105 - a variable name
+ROCKETMQ_ACCESS_KEY_ENV = "ROCKETMQ_ACCESS_KEY"
+ROCKETMQ_SECRET_KEY_ENV = "ROCKETMQ_SECRET_KEY"  # noqa: S105 - a variable name
 
 
 class ConfigModel(BaseModel):
@@ -128,6 +130,38 @@ class MqttToFunction(ConfigModel):
     client_id_property: str = "clientId"
 
 
+class RocketMQEndpoint(ConfigModel):
+    """A RocketMQ 5 proxy (gRPC). Credentials, when the route has them, are in $ROCKETMQ_ACCESS_KEY and
+    $ROCKETMQ_SECRET_KEY."""
+
+    endpoints: str  # host:port, several separated by ';'
+    tls: bool = False
+    credentials: bool = False
+
+
+class MqttToRocketMQ(ConfigModel):
+    topic_filters: tuple[str, ...]
+    share_group: str  # subscriptions are $share/<shareGroup>/<filter>
+    topic: str
+    tag: str | None = None
+    key: KeySpec = KeySpec()
+    # FIFO: messages with the same key form one message group, sent in order by one worker.
+    ordered: bool = False
+    client_id_topic_level: int | None = None
+    client_id_property: str = "clientId"
+
+
+class RocketMQToMqtt(ConfigModel):
+    topic: str
+    consumer_group: str
+    tag_filter: str = "*"
+    # A template over the RocketMQ message: {key} (its first key), {tag}, {messageId}, {property.NAME}.
+    mqtt_topic: str
+    qos: Literal[0, 1] = 1
+    retain: bool = False
+    ordered: bool = False
+
+
 class BridgeConfig(ConfigModel):
     version: int = CONFIG_VERSION
     # "<namespace>/<name>" of the resource the worker serves, for logs and metrics labels.
@@ -138,6 +172,9 @@ class BridgeConfig(ConfigModel):
     kafka_to_mqtt: KafkaToMqtt | None = None
     device_events: DeviceEvents | None = None
     mqtt_to_function: MqttToFunction | None = None
+    rocketmq: RocketMQEndpoint | None = None
+    mqtt_to_rocketmq: MqttToRocketMQ | None = None
+    rocketmq_to_mqtt: RocketMQToMqtt | None = None
     dead_letter_topic: str | None = None  # a Kafka topic for the Kafka integrations
     metrics_port: int = 9090
     # Graceful shutdown budget: stop taking messages, drain, ack/commit, exit within it.
