@@ -11,14 +11,11 @@ import kopf
 from mqtt_operator.api.kinds import (
     FINALIZER,
     GROUP,
-    REPLICATION_TASK,
-    VERSION,
 )
 from mqtt_operator.broker.pool import BrokerPool
 from mqtt_operator.controllers.access import AccessSync
-from mqtt_operator.handlers import access, connector, trigger
+from mqtt_operator.handlers import access, connector, replication, trigger
 from mqtt_operator.handlers.context import OperatorContext
-from mqtt_operator.handlers.observe import not_yet_reconciled, reconcile_with
 from mqtt_operator.kube.client import make_client
 from mqtt_operator.settings import OperatorSettings
 
@@ -55,10 +52,7 @@ def build_registry(operator: OperatorSettings) -> kopf.OperatorRegistry:
         access.register(operator.drift_period_seconds)
         connector.register(operator.drift_period_seconds)
         trigger.register(operator.drift_period_seconds)
-        # ReplicationTask is accepted and reports that it is not reconciled yet.
-        for kind in (REPLICATION_TASK,):
-            for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-                decorator(GROUP, VERSION, kind.plural, id="reconcile")(reconcile_with(not_yet_reconciled))
+        replication.register(operator.drift_period_seconds)
 
         @kopf.on.startup()
         async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:

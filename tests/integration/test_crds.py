@@ -347,6 +347,13 @@ BAD = [
     Bad("mqacl-priority-range", "aclpolicy", {"spec.priority": 5000}, "spec.priority", ["1000"]),
     # KafkaConnector
     Bad(
+        "mqrt-name-too-long",
+        "replicationtask",
+        {"metadata.name": "a" * 41},
+        "<nil>",
+        ["metadata.name of a ReplicationTask", "at most 40 characters"],
+    ),
+    Bad(
         "mqft-name-too-long",
         "functiontrigger",
         {"metadata.name": "a" * 45},

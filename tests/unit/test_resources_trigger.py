@@ -10,13 +10,12 @@ from pydantic import ValidationError
 from mqtt_operator.api.function import FunctionTriggerSpec
 from mqtt_operator.bridge.config import BridgeConfig
 from mqtt_operator.controllers.trigger import failure_event
-from mqtt_operator.resources.bridge_config import BrokerTarget
+from mqtt_operator.resources.bridge_config import BrokerTarget, worker_config_map
 from mqtt_operator.resources.bridge_statefulset import worker_statefulset
 from mqtt_operator.resources.identity import OwnerIdentity
 from mqtt_operator.resources.trigger_config import (
     publish_filter,
     trigger_config,
-    trigger_config_map,
     trigger_pod,
     trigger_rules,
     worker_count,
@@ -101,7 +100,7 @@ def test_config_carries_every_option_and_round_trips() -> None:
     assert fn.retry.max_delay_seconds == 120.0
     assert (fn.dead_letter_topic, fn.reply_topic) == ("fn/dead", "vehicles/{level.1}/cmd")
     assert config.mqtt.username == "alerts-trigger" and config.mqtt.client_id_prefix == NAMES.client_id_prefix
-    cm = trigger_config_map(ID, NAMES, config)
+    cm = worker_config_map(ID, NAMES.workload, config)
     assert cm["metadata"]["name"] == "alerts-trigger"
     assert BridgeConfig.model_validate_json(cm["data"]["config.json"]) == config
 

@@ -22,7 +22,6 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
@@ -30,7 +29,6 @@ from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.core_v1 import ConfigMap
 from pydantic import ValidationError
 
-from mqtt_operator.api.conditions import now_rfc3339
 from mqtt_operator.api.connector import KafkaConnectorSpec
 from mqtt_operator.broker.errors import BrokerAuthFailed, BrokerError
 from mqtt_operator.broker.probe import MqttLogin, check_login, end_sessions
@@ -41,10 +39,12 @@ from mqtt_operator.controllers.workers import (
     broker_login,
     client_ids,
     existing_login,
-    metrics_targets,
     remove_identity,
     worker_fields,
     workers_left,
+)
+from mqtt_operator.controllers.workers import (
+    collect_counters as collect_worker_counters,
 )
 from mqtt_operator.kafka.probe import KafkaAccess, KafkaCheck, check_kafka
 from mqtt_operator.kube.apply import apply, delete, get
@@ -66,12 +66,10 @@ from mqtt_operator.resources.connector_policy import connector_policy
 from mqtt_operator.resources.identity import ConnectorIdentity
 from mqtt_operator.resources.worker_names import connector_worker_names
 from mqtt_operator.settings import OperatorSettings
-from mqtt_operator.workers.scrape import METRICS, scrape_all
+from mqtt_operator.workers.scrape import METRICS
 
 log = logging.getLogger(__name__)
 CHECK_RETRY_SECONDS = 30
-# Counters are written when they change, and at least this often while workers answer.
-COUNTERS_REFRESH = timedelta(seconds=60)
 
 
 def _parse(body: Mapping[str, Any]) -> KafkaConnectorSpec | Outcome:
@@ -364,32 +362,12 @@ async def delete_connector(
     await remove_identity(client, identity, names)
 
 
-def _stale(counters: Mapping[str, Any], now: datetime) -> bool:
-    text = counters.get("lastUpdateTime")
-    if not text:
-        return True
-    try:
-        return now - datetime.fromisoformat(str(text)) >= COUNTERS_REFRESH
-    except ValueError:
-        return True
-
-
 async def collect_counters(
     body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, book: CounterBook
 ) -> dict[str, Any]:
     """The status fields the workers decide: their counters (summed since the connector was created),
     and how many of them exist and are ready. Only fields that should be written are returned."""
     meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    targets = await metrics_targets(client, settings, ConnectorIdentity.from_body(body))
-    scraped = await scrape_all(targets)
-    status = body.get("status") or {}
-    shown: Mapping[str, Any] | None = status.get("counters")
-    totals = book.update((namespace, name, meta.get("uid", "")), shown, scraped)
-    fields: dict[str, Any] = dict(worker_fields(await get(client, StatefulSet, namespace, bridge_name(name))))
-    now = datetime.now(UTC)
-    if shown is None:
-        fields["counters"] = {**totals, **({"lastUpdateTime": now_rfc3339()} if scraped else {})}
-    elif scraped and (any(totals[k] != shown.get(k) for k in METRICS) or _stale(shown, now)):
-        fields["counters"] = {**totals, "lastUpdateTime": now_rfc3339()}
+    names = connector_worker_names(meta["namespace"], meta["name"])
+    fields, _ = await collect_worker_counters(body, client, settings, book, names, METRICS)
     return fields

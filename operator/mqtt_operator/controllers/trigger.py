@@ -18,42 +18,36 @@ One reconcile, in this order (each step's failure is the outcome, so the earlies
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from lightkube import ApiError, AsyncClient
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.apps_v1 import StatefulSet
-from lightkube.resources.core_v1 import ConfigMap, Service
-from pydantic import ValidationError
+from lightkube.resources.core_v1 import Service
 
-from mqtt_operator.api.conditions import now_rfc3339
 from mqtt_operator.api.function import FunctionTriggerSpec
-from mqtt_operator.broker.errors import BrokerError
-from mqtt_operator.broker.probe import end_sessions
 from mqtt_operator.controllers.counters import CounterBook
 from mqtt_operator.controllers.entries import InstanceEntry
 from mqtt_operator.controllers.outcome import ConditionUpdate, Outcome, not_ready
 from mqtt_operator.controllers.workers import (
+    apply_workers,
     broker_login,
-    client_ids,
-    existing_login,
+    broker_target,
+    delete_workers,
+    instance_problem,
     metrics_targets,
-    remove_identity,
+    parse_spec,
+    tcp_probe,
     worker_fields,
 )
-from mqtt_operator.kube.apply import apply, delete, get
-from mqtt_operator.resources.bridge_config import BrokerTarget
-from mqtt_operator.resources.bridge_statefulset import worker_statefulset
-from mqtt_operator.resources.broker_config import config_hash
+from mqtt_operator.controllers.workers import (
+    collect_counters as collect_worker_counters,
+)
+from mqtt_operator.kube.apply import get
 from mqtt_operator.resources.identity import OwnerIdentity
 from mqtt_operator.resources.trigger_config import (
     trigger_config,
-    trigger_config_map,
     trigger_pod,
     trigger_rules,
     worker_count,
@@ -65,26 +59,12 @@ from mqtt_operator.workers.scrape import FUNCTION_GAUGES, FUNCTION_METRICS, FUNC
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 30
-PROBE_TIMEOUT = 3.0
-COUNTERS_REFRESH = timedelta(seconds=60)
 KnativeService = create_namespaced_resource("serving.knative.dev", "v1", "Service", "services")
 
 
 def names_of(body: Mapping[str, Any]) -> WorkerNames:
     meta = body["metadata"]
     return trigger_worker_names(meta["namespace"], meta["name"])
-
-
-def _parse(body: Mapping[str, Any]) -> FunctionTriggerSpec | Outcome:
-    try:
-        names_of(body).check()
-        return FunctionTriggerSpec.model_validate(body.get("spec") or {})
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return not_ready("InvalidSpec", f"spec.{where}: {first['msg']}" if where else first["msg"])
-    except ValueError as err:
-        return not_ready("InvalidSpec", str(err))
 
 
 async def resolve_url(client: AsyncClient, namespace: str, spec: FunctionTriggerSpec) -> str | Outcome:
@@ -135,19 +115,6 @@ async def resolve_url(client: AsyncClient, namespace: str, spec: FunctionTrigger
     return str(address).rstrip("/") + knative.path
 
 
-async def tcp_probe(url: str) -> str | None:
-    """None when a TCP connection to the URL's host and port opens; else why not. Sends nothing."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
-    except (OSError, TimeoutError) as err:
-        return f"cannot connect to {host}:{port}: {err or type(err).__name__}"
-    writer.close()
-    return None
-
-
 async def function_reachable(
     client: AsyncClient, settings: OperatorSettings, identity: OwnerIdentity, url: str
 ) -> ConditionUpdate:
@@ -182,33 +149,21 @@ async def reconcile_trigger(
     body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, instance: InstanceEntry | None
 ) -> Outcome:
     """`instance` is the MqttInstance named by spec.instanceRef (from the index), None if there is none."""
-    parsed = _parse(body)
+    names = names_of(body)
+    parsed = parse_spec(body, FunctionTriggerSpec, names)
     if isinstance(parsed, Outcome):
         return parsed
     spec = parsed
     identity = OwnerIdentity.from_body(body)
-    names = names_of(body)
     namespace = identity.namespace
     authorization = bool(instance and instance.authorization)
     fields: dict[str, Any] = {
         "shareGroup": names.share_group,
         "connectorUser": names.user if authorization else None,
     }
-    if instance is None or instance.deleting:
-        return not_ready(
-            "InstanceNotFound",
-            f"MqttInstance {spec.instance_ref.name!r} does not exist in namespace {namespace!r}: "
-            "create it or correct spec.instanceRef.name",
-            retry_after=10,
-            **fields,
-        )
-    if instance.mqtt_port is None:
-        return not_ready(
-            "NoPlainListener",
-            f"MqttInstance {instance.name!r} has no mqtt listener, which the workers use: "
-            "add spec.listeners.mqtt",
-            **fields,
-        )
+    problem = instance_problem(spec.instance_ref.name, namespace, instance, fields)
+    if problem is not None or instance is None:
+        return problem or Outcome()
     try:
         url = await resolve_url(client, namespace, spec)
         if isinstance(url, Outcome):
@@ -218,24 +173,9 @@ async def reconcile_trigger(
         login = await broker_login(client, settings, identity, names, instance, policy, fields)
         if isinstance(login, Outcome):
             return login
-        broker = BrokerTarget(
-            host=f"{instance.name}.{namespace}.svc",
-            port=instance.mqtt_port,
-            session_expiry_seconds=instance.session_expiry_seconds,
-        )
-        config_map = trigger_config_map(
-            identity, names, trigger_config(names, spec, broker, login.username, url)
-        )
-        await apply(client, config_map)
-        live_sts = await apply(
-            client,
-            worker_statefulset(
-                identity,
-                trigger_pod(names, spec),
-                image=settings.worker_image,
-                config_hash=config_hash(config_map["data"]),
-                authorization=instance.authorization,
-            ),
+        config = trigger_config(names, spec, broker_target(instance), login.username, url)
+        live_sts = await apply_workers(
+            client, settings, identity, trigger_pod(names, spec), config, instance.authorization
         )
     except ApiError as err:
         return not_ready(
@@ -285,32 +225,10 @@ async def reconcile_trigger(
 async def delete_trigger(
     body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, instance: InstanceEntry | None
 ) -> None:
-    """Remove the workers, their config, the trigger's broker identity, and (best effort) its sessions
-    with the messages still queued for them."""
-    identity = OwnerIdentity.from_body(body)
     names = names_of(body)
-    live_sts = await get(client, StatefulSet, names.namespace, names.workload)
-    await delete(client, StatefulSet, names.namespace, names.workload)
-    await delete(client, ConfigMap, names.namespace, names.workload)
-    login = await existing_login(client, settings, names, instance)
-    parsed = _parse(body)
-    if login is not None and not isinstance(parsed, Outcome):
-        previous = int(((live_sts or {}).get("spec") or {}).get("replicas") or 0)
-        try:
-            await end_sessions(login, client_ids(names, parsed.replicas, previous))
-        except BrokerError as err:
-            log.warning("could not remove the workers' MQTT sessions: %s", err, extra={"trigger": names.name})
-    await remove_identity(client, identity, names)
-
-
-def _stale(counters: Mapping[str, Any], now: datetime) -> bool:
-    text = counters.get("lastUpdateTime")
-    if not text:
-        return True
-    try:
-        return now - datetime.fromisoformat(str(text)) >= COUNTERS_REFRESH
-    except ValueError:
-        return True
+    parsed = parse_spec(body, FunctionTriggerSpec, names)
+    replicas = None if isinstance(parsed, Outcome) else parsed.replicas
+    await delete_workers(client, settings, OwnerIdentity.from_body(body), names, instance, replicas)
 
 
 def failure_event(shown: Mapping[str, Any] | None, totals: Mapping[str, int]) -> tuple[str, str, str] | None:
@@ -335,18 +253,8 @@ async def collect_counters(
 ) -> tuple[dict[str, Any], tuple[str, str, str] | None]:
     """The status fields the workers decide (counters summed since the trigger was created, replicas),
     only those that should be written; and an Event to record when messages failed meanwhile."""
-    identity = OwnerIdentity.from_body(body)
-    names = names_of(body)
-    scraped = await scrape_all(await metrics_targets(client, settings, identity), FUNCTION_METRICS)
-    status = body.get("status") or {}
-    shown: Mapping[str, Any] | None = status.get("counters")
-    totals = book.update((names.namespace, names.name, identity.uid), shown, scraped)
-    fields: dict[str, Any] = dict(
-        worker_fields(await get(client, StatefulSet, names.namespace, names.workload))
+    shown = (body.get("status") or {}).get("counters")
+    fields, totals = await collect_worker_counters(
+        body, client, settings, book, names_of(body), FUNCTION_METRICS
     )
-    now = datetime.now(UTC)
-    if shown is None:
-        fields["counters"] = {**totals, **({"lastUpdateTime": now_rfc3339()} if scraped else {})}
-    elif scraped and (any(totals[k] != shown.get(k) for k in FUNCTION_METRICS) or _stale(shown, now)):
-        fields["counters"] = {**totals, "lastUpdateTime": now_rfc3339()}
     return fields, failure_event(shown, totals) if "counters" in fields else None

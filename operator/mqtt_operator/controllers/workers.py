@@ -4,28 +4,46 @@ where their metrics are scraped. KafkaConnector and FunctionTrigger build on it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from lightkube import AsyncClient
 from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.core_v1 import ConfigMap
+from pydantic import BaseModel, ValidationError
 
+from mqtt_operator.api.conditions import now_rfc3339
 from mqtt_operator.api.kinds import ACL_POLICY, AUTH_USER
-from mqtt_operator.broker.probe import MqttLogin
+from mqtt_operator.bridge.config import BridgeConfig
+from mqtt_operator.broker.errors import BrokerError
+from mqtt_operator.broker.probe import MqttLogin, end_sessions
+from mqtt_operator.controllers.counters import CounterBook
 from mqtt_operator.controllers.entries import InstanceEntry
 from mqtt_operator.controllers.outcome import Outcome, not_ready
 from mqtt_operator.kube.apply import apply, delete, get
 from mqtt_operator.kube.client import resource
 from mqtt_operator.kube.pods import running_pod_ips
 from mqtt_operator.kube.secrets import read_secret
-from mqtt_operator.resources.bridge_config import METRICS_PORT
+from mqtt_operator.resources.bridge_config import METRICS_PORT, BrokerTarget, worker_config_map
+from mqtt_operator.resources.bridge_statefulset import WorkerPod, worker_statefulset
+from mqtt_operator.resources.broker_config import config_hash
 from mqtt_operator.resources.connector_names import BRIDGE_COMPONENT
 from mqtt_operator.resources.identity import OwnerIdentity
 from mqtt_operator.resources.worker_access import worker_user
 from mqtt_operator.resources.worker_names import WorkerNames
 from mqtt_operator.settings import OperatorSettings
+from mqtt_operator.workers.scrape import Counters, Series, scrape_all
 
+log = logging.getLogger(__name__)
 RETRY_SECONDS = 30
+# Counters are written when they change, and at least this often while workers answer.
+COUNTERS_REFRESH = timedelta(seconds=60)
+PROBE_TIMEOUT = 3.0
+SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -168,3 +186,143 @@ async def metrics_targets(
 
 async def live_workers(client: AsyncClient, names: WorkerNames) -> dict[str, Any] | None:
     return await get(client, StatefulSet, names.namespace, names.workload)
+
+
+def parse_spec(body: Mapping[str, Any], model: type[SpecT], names: WorkerNames) -> SpecT | Outcome:
+    """The typed spec, or `InvalidSpec` naming the field (the CRD refuses most of this already)."""
+    try:
+        names.check()
+        return model.model_validate(body.get("spec") or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return not_ready("InvalidSpec", f"spec.{where}: {first['msg']}" if where else first["msg"])
+    except ValueError as err:
+        return not_ready("InvalidSpec", str(err))
+
+
+def instance_problem(
+    name: str, namespace: str, instance: InstanceEntry | None, fields: Mapping[str, Any]
+) -> Outcome | None:
+    """Why the MqttInstance `name` cannot serve workers (`InstanceNotFound`, `NoPlainListener`), if so."""
+    if instance is None or instance.deleting:
+        return not_ready(
+            "InstanceNotFound",
+            f"MqttInstance {name!r} does not exist in namespace {namespace!r}: create it or correct its "
+            "instanceRef.name",
+            retry_after=10,
+            **fields,
+        )
+    if instance.mqtt_port is None:
+        return not_ready(
+            "NoPlainListener",
+            f"MqttInstance {instance.name!r} has no mqtt listener, which the workers use: "
+            "add spec.listeners.mqtt",
+            **fields,
+        )
+    return None
+
+
+def broker_target(instance: InstanceEntry) -> BrokerTarget:
+    """The instance's broker as the workers reach it from inside the cluster."""
+    assert instance.mqtt_port is not None
+    return BrokerTarget(
+        host=f"{instance.name}.{instance.namespace}.svc",
+        port=instance.mqtt_port,
+        session_expiry_seconds=instance.session_expiry_seconds,
+    )
+
+
+async def apply_workers(
+    client: AsyncClient,
+    settings: OperatorSettings,
+    identity: OwnerIdentity,
+    pod: WorkerPod,
+    config: BridgeConfig,
+    authorization: bool,
+) -> dict[str, Any]:
+    """Apply the workers' ConfigMap, then their StatefulSet (rolled when the config changes); returns the
+    live StatefulSet."""
+    config_map = worker_config_map(identity, pod.names.workload, config)
+    await apply(client, config_map)
+    return await apply(
+        client,
+        worker_statefulset(
+            identity,
+            pod,
+            image=settings.worker_image,
+            config_hash=config_hash(config_map["data"]),
+            authorization=authorization,
+        ),
+    )
+
+
+async def delete_workers(
+    client: AsyncClient,
+    settings: OperatorSettings,
+    identity: OwnerIdentity,
+    names: WorkerNames,
+    instance: InstanceEntry | None,
+    replicas: int | None,
+) -> None:
+    """Remove the workers, their config, the integration's broker identity and (best effort) its sessions
+    with the messages still queued for them. `replicas` is the spec's, None when it did not parse."""
+    live_sts = await get(client, StatefulSet, names.namespace, names.workload)
+    await delete(client, StatefulSet, names.namespace, names.workload)
+    await delete(client, ConfigMap, names.namespace, names.workload)
+    login = await existing_login(client, settings, names, instance)
+    if login is not None and replicas is not None:
+        previous = int(((live_sts or {}).get("spec") or {}).get("replicas") or 0)
+        try:
+            await end_sessions(login, client_ids(names, replicas, previous))
+        except BrokerError as err:
+            log.warning("could not remove the workers' MQTT sessions: %s", err, extra={"owner": names.name})
+    await remove_identity(client, identity, names)
+
+
+def _stale(counters: Mapping[str, Any], now: datetime) -> bool:
+    text = counters.get("lastUpdateTime")
+    if not text:
+        return True
+    try:
+        return now - datetime.fromisoformat(str(text)) >= COUNTERS_REFRESH
+    except ValueError:
+        return True
+
+
+async def collect_counters(
+    body: Mapping[str, Any],
+    client: AsyncClient,
+    settings: OperatorSettings,
+    book: CounterBook,
+    names: WorkerNames,
+    metrics: Mapping[str, Series],
+) -> tuple[dict[str, Any], Counters]:
+    """The status fields the workers decide: `status.counters` (each of `metrics` summed over the workers
+    since the object was created, written when a value changes and at least every COUNTERS_REFRESH while
+    workers answer), replicas and ready replicas; only fields that should be written. Also the totals."""
+    identity = OwnerIdentity.from_body(body)
+    scraped = await scrape_all(await metrics_targets(client, settings, identity), metrics)
+    status = body.get("status") or {}
+    shown: Mapping[str, Any] | None = status.get("counters")
+    totals = book.update((names.namespace, names.name, identity.uid), shown, scraped)
+    fields: dict[str, Any] = dict(worker_fields(await live_workers(client, names)))
+    if shown is None:
+        fields["counters"] = {**totals, **({"lastUpdateTime": now_rfc3339()} if scraped else {})}
+    elif scraped and (any(totals[k] != shown.get(k) for k in metrics) or _stale(shown, datetime.now(UTC))):
+        fields["counters"] = {**totals, "lastUpdateTime": now_rfc3339()}
+    return fields, totals
+
+
+async def tcp_probe(url: str) -> str | None:
+    """None when a TCP connection to the URL's (or `host:port`'s) host and port opens; else why not.
+    Sends nothing, so it calls no function and produces no message."""
+    parts = urlsplit(url if "://" in url else f"tcp://{url}")
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
+    except (OSError, TimeoutError) as err:
+        return f"cannot connect to {host}:{port}: {err or type(err).__name__}"
+    writer.close()
+    return None

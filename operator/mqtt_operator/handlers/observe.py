@@ -2,8 +2,7 @@
 
 A kind's reconciler (in controllers/) returns an Outcome; this module turns it into
 `status.observedGeneration` and conditions (through the one conditions helper), an Event when the
-status changed, and a kopf retry when the outcome asks for one. Kinds without a reconciler yet
-report that honestly in their Ready condition.
+status changed, and a kopf retry when the outcome asks for one.
 """
 
 from __future__ import annotations
@@ -55,14 +54,6 @@ def desired_status(body: Mapping[str, Any], outcome: Outcome | None) -> dict[str
         "observedGeneration": generation,
         "conditions": [c.to_api() for c in conditions],
     }
-
-
-async def not_yet_reconciled(body: Mapping[str, Any], ctx: OperatorContext, _: Mapping[str, Any]) -> Outcome:
-    return not_ready(
-        "NotImplemented",
-        f"this version of mqtt-operator accepts {body['kind']} objects but does not reconcile them yet",
-        warn=False,
-    )
 
 
 def kind_of(body: Mapping[str, Any]) -> Kind:

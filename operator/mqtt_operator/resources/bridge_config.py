@@ -27,7 +27,7 @@ from mqtt_operator.resources.connector_names import (
     default_consumer_group,
     share_group,
 )
-from mqtt_operator.resources.identity import ConnectorIdentity
+from mqtt_operator.resources.identity import ConnectorIdentity, OwnerIdentity
 
 CONFIG_DIR = "/etc/bridge"
 CONFIG_FILE = "config.json"
@@ -140,4 +140,14 @@ def bridge_config_map(
         "kind": "ConfigMap",
         "metadata": identity.metadata(bridge_name(identity.name), BRIDGE_COMPONENT),
         "data": {CONFIG_FILE: render_bridge_config(bridge_config(identity, spec, broker, username))},
+    }
+
+
+def worker_config_map(identity: OwnerIdentity, workload: str, config: BridgeConfig) -> dict[str, Any]:
+    """The ConfigMap `workload` holding `config` (for the kinds other than KafkaConnector)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": identity.metadata(workload, BRIDGE_COMPONENT),
+        "data": {CONFIG_FILE: render_bridge_config(config)},
     }

@@ -3,25 +3,18 @@ their Pod shape, and the AclPolicy rules of the trigger's own broker account. Pu
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from mqtt_operator.api.base import duration_seconds
 from mqtt_operator.api.function import FunctionTriggerSpec
 from mqtt_operator.bridge.config import BridgeConfig, FunctionCall, MqttEndpoint, MqttToFunction, RetryPolicy
 from mqtt_operator.resources.bridge_config import (
-    CONFIG_FILE,
     METRICS_PORT,
     BrokerTarget,
-    render_bridge_config,
 )
 from mqtt_operator.resources.bridge_statefulset import WorkerPod
-from mqtt_operator.resources.connector_names import BRIDGE_COMPONENT
-from mqtt_operator.resources.identity import OwnerIdentity
-from mqtt_operator.resources.worker_access import allow_rules
+from mqtt_operator.resources.worker_access import allow_rules, publish_filter
 from mqtt_operator.resources.worker_names import WorkerNames
-
-_PLACEHOLDER = re.compile(r"\{[^}]*\}")
 
 
 def event_source(namespace: str, instance: str) -> str:
@@ -38,18 +31,6 @@ def worker_count(spec: FunctionTriggerSpec) -> int:
 
 def trigger_pod(names: WorkerNames, spec: FunctionTriggerSpec) -> WorkerPod:
     return WorkerPod(names=names, replicas=worker_count(spec), resources=spec.resources)
-
-
-def publish_filter(template: str) -> str:
-    """The ACL filter covering every topic a reply template can produce: a level holding a placeholder
-    becomes `+`; from a `{topic}` placeholder on (any number of levels) the rest becomes `#`."""
-    levels: list[str] = []
-    for level in template.split("/"):
-        if "{topic}" in level:
-            levels.append("#")
-            break
-        levels.append("+" if _PLACEHOLDER.search(level) else level)
-    return "/".join(levels)
 
 
 def trigger_rules(spec: FunctionTriggerSpec) -> list[dict[str, Any]]:
@@ -107,12 +88,3 @@ def trigger_config(
         ),
         metrics_port=METRICS_PORT,
     )
-
-
-def trigger_config_map(identity: OwnerIdentity, names: WorkerNames, config: BridgeConfig) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": identity.metadata(names.workload, BRIDGE_COMPONENT),
-        "data": {CONFIG_FILE: render_bridge_config(config)},
-    }

@@ -6,6 +6,7 @@ workers read as MQTT_PASSWORD. Both are owned by the integration, so they go wit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from mqtt_operator.resources.connector_names import ACCESS_COMPONENT
 from mqtt_operator.resources.identity import OwnerIdentity
 from mqtt_operator.resources.worker_names import WorkerNames
 
+_PLACEHOLDER = re.compile(r"\{[^}]*\}")
 # The AclPolicy CRD allows at most 32 topics per rule; an integration may list 64 filters.
 TOPICS_PER_RULE = 32
 
@@ -36,6 +38,18 @@ def allow_rules(actions: Sequence[str], topics: Sequence[str]) -> list[dict[str,
         {"effect": "allow", "actions": list(actions), "topics": list(topics[i : i + TOPICS_PER_RULE])}
         for i in range(0, len(topics), TOPICS_PER_RULE)
     ]
+
+
+def publish_filter(template: str) -> str:
+    """The ACL filter covering every topic a reply template can produce: a level holding a placeholder
+    becomes `+`; from a `{topic}` placeholder on (any number of levels) the rest becomes `#`."""
+    levels: list[str] = []
+    for level in template.split("/"):
+        if "{topic}" in level:
+            levels.append("#")
+            break
+        levels.append("+" if _PLACEHOLDER.search(level) else level)
+    return "/".join(levels)
 
 
 def worker_policy(

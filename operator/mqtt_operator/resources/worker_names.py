@@ -73,3 +73,16 @@ def trigger_worker_names(namespace: str, name: str) -> WorkerNames:
         share_group=group,
         client_id_prefix=group,
     )
+
+
+def replication_worker_names(namespace: str, name: str) -> WorkerNames:
+    group = f"{namespace}.replicationtask.{name}"
+    return WorkerNames(
+        kind="ReplicationTask",
+        namespace=namespace,
+        name=name,
+        workload=f"{name}-replication",
+        user=f"{name}-replication",
+        share_group=group,
+        client_id_prefix=group,
+    )

@@ -44,6 +44,14 @@ FUNCTION_METRICS: Mapping[str, Series] = {
     "timedOut": Series("bridge_function_timeouts_total"),
     "deadLettered": Series("bridge_dead_lettered_total"),
 }
+# A ReplicationTask's (top-level status fields): failed counts every failed attempt, transient ones
+# included, so an outage of RocketMQ shows in it while nothing is lost.
+REPLICATION_METRICS: Mapping[str, Series] = {
+    "consumed": Series("bridge_received_total"),
+    "delivered": Series("bridge_delivered_total"),
+    "failed": Series("bridge_failed_total"),
+}
+LATENCY_HISTOGRAM = "bridge_end_to_end_latency_seconds_bucket"
 # A gauge, not a counter: how many workers reach the function now (kept out of status.counters).
 FUNCTION_REACHABLE = "functionReachable"
 FUNCTION_GAUGES: Mapping[str, Series] = {
@@ -86,27 +94,48 @@ def parse_counters(text: str, metrics: Mapping[str, Series] = METRICS) -> Counte
     return {name: int(value) for name, value in totals.items()}
 
 
-async def scrape(
-    session: aiohttp.ClientSession, address: str, metrics: Mapping[str, Series] = METRICS
-) -> Counters | None:
-    """The worker at `address` (host:port)'s counters, or None when it did not answer."""
+def parse_histogram(text: str, name: str = LATENCY_HISTOGRAM) -> dict[float, float]:
+    """Cumulative bucket counts of the histogram `name` (`<name>{...,le="x"} n`), summed over label sets."""
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        labels, _, rest = line[len(name) + 1 :].rpartition("}")
+        le = next((part[4:-1] for part in labels.split(",") if part.startswith('le="')), None)
+        try:
+            bound = math.inf if le == "+Inf" else float(le or "nan")
+            value = float(rest.split()[0])
+        except (IndexError, ValueError):
+            continue
+        if not math.isnan(bound) and math.isfinite(value):
+            buckets[bound] = buckets.get(bound, 0.0) + value
+    return buckets
+
+
+async def scrape_text(session: aiohttp.ClientSession, address: str) -> str | None:
+    """The worker at `address` (host:port)'s /metrics text, or None when it did not answer."""
     try:
         async with session.get(f"http://{address}/metrics") as response:
             if response.status != 200:
                 log.debug("worker metrics answered HTTP %s", response.status, extra={"worker": address})
                 return None
-            return parse_counters(await response.text(), metrics)
+            return await response.text()
     except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError) as err:
         log.debug("worker metrics not reachable: %s", err, extra={"worker": address})
         return None
+
+
+async def scrape_texts(targets: Mapping[str, str]) -> dict[str, str]:
+    """worker name -> its /metrics text, for every worker of `targets` (name -> host:port) that answered."""
+    if not targets:
+        return {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)) as session:
+        results = await asyncio.gather(*(scrape_text(session, address) for address in targets.values()))
+    return {name: text for name, text in zip(targets, results, strict=True) if text is not None}
 
 
 async def scrape_all(
     targets: Mapping[str, str], metrics: Mapping[str, Series] = METRICS
 ) -> dict[str, Counters]:
     """worker name -> its counters, for every worker of `targets` (name -> host:port) that answered."""
-    if not targets:
-        return {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)) as session:
-        results = await asyncio.gather(*(scrape(session, address, metrics) for address in targets.values()))
-    return {name: counters for name, counters in zip(targets, results, strict=True) if counters is not None}
+    return {name: parse_counters(text, metrics) for name, text in (await scrape_texts(targets)).items()}

@@ -1,0 +1,102 @@
+"""A ReplicationTask's workers: their ConfigMap `<name>-replication` (the BridgeConfig with the RocketMQ
+route), their Pod shape (RocketMQ credentials from the Secret as environment variables), and the
+AclPolicy rules of the task's own broker account. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mqtt_operator.api.replication import ReplicationTaskSpec
+from mqtt_operator.bridge.config import (
+    ROCKETMQ_ACCESS_KEY_ENV,
+    ROCKETMQ_SECRET_KEY_ENV,
+    BridgeConfig,
+    KeySpec,
+    MqttEndpoint,
+    MqttToRocketMQ,
+    RocketMQEndpoint,
+    RocketMQToMqtt,
+)
+from mqtt_operator.resources.bridge_config import (
+    METRICS_PORT,
+    BrokerTarget,
+)
+from mqtt_operator.resources.bridge_statefulset import WorkerPod
+from mqtt_operator.resources.worker_access import allow_rules, publish_filter
+from mqtt_operator.resources.worker_names import WorkerNames
+
+
+def worker_count(spec: ReplicationTaskSpec) -> int:
+    """0 while paused (the MQTT sessions and the consumer group's position stay); one when ordered."""
+    if spec.state != "running":
+        return 0
+    return min(spec.replicas, 1) if spec.ordered else spec.replicas
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def replication_pod(names: WorkerNames, spec: ReplicationTaskSpec) -> WorkerPod:
+    env: list[dict[str, Any]] = []
+    ref = spec.rocketmq.credentials_secret_ref
+    if ref is not None:
+        env.append(_secret_env(ROCKETMQ_ACCESS_KEY_ENV, ref.name, ref.access_key_key))
+        env.append(_secret_env(ROCKETMQ_SECRET_KEY_ENV, ref.name, ref.secret_key_key))
+    return WorkerPod(names=names, replicas=worker_count(spec), env=tuple(env), resources=spec.resources)
+
+
+def replication_rules(spec: ReplicationTaskSpec) -> list[dict[str, Any]]:
+    """MQTT source: subscribe + receive on its filters (and their `$share/+/...` form); MQTT target:
+    publish on every topic its template can produce."""
+    if spec.source.mqtt is not None:
+        return allow_rules(["subscribe", "receive"], spec.source.mqtt.topic_filters)
+    assert spec.target.mqtt is not None
+    return allow_rules(["publish"], [publish_filter(spec.target.mqtt.topic)])
+
+
+def replication_config(
+    names: WorkerNames, spec: ReplicationTaskSpec, broker: BrokerTarget, username: str | None
+) -> BridgeConfig:
+    """`username` is the task's own broker account, None when the instance enforces no authorization."""
+    rocketmq = spec.rocketmq
+    to_rocketmq = from_rocketmq = None
+    if spec.source.mqtt is not None and spec.target.rocketmq is not None:
+        target = spec.target.rocketmq
+        to_rocketmq = MqttToRocketMQ(
+            topic_filters=spec.source.mqtt.topic_filters,
+            share_group=names.share_group,
+            topic=target.topic,
+            tag=target.tag,
+            key=KeySpec(source=target.keys.source, path=target.keys.path),
+            ordered=target.ordered,
+        )
+    if spec.source.rocketmq is not None and spec.target.mqtt is not None:
+        source, mqtt = spec.source.rocketmq, spec.target.mqtt
+        from_rocketmq = RocketMQToMqtt(
+            topic=source.topic,
+            consumer_group=source.consumer_group,
+            tag_filter=source.tag_filter,
+            mqtt_topic=mqtt.topic,
+            qos=mqtt.qos,
+            retain=mqtt.retain,
+            ordered=source.ordered,
+        )
+    return BridgeConfig(
+        owner=f"{names.namespace}/{names.name}",
+        mqtt=MqttEndpoint(
+            host=broker.host,
+            port=broker.port,
+            username=username,
+            client_id_prefix=names.client_id_prefix,
+            session_expiry_seconds=broker.session_expiry_seconds,
+        ),
+        rocketmq=RocketMQEndpoint(
+            endpoints=rocketmq.endpoints,
+            tls=rocketmq.tls,
+            credentials=rocketmq.credentials_secret_ref is not None,
+        ),
+        mqtt_to_rocketmq=to_rocketmq,
+        rocketmq_to_mqtt=from_rocketmq,
+        metrics_port=METRICS_PORT,
+    )
