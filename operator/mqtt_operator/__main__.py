@@ -66,8 +66,9 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NS/NAME=HOST:PORT[,HOST:PORT]",
-        help="read this KafkaConnector's worker counters from these /metrics addresses instead of its "
-        "Pods' IPs (for an operator running outside the cluster); repeatable",
+        help="read the worker figures of this KafkaConnector, FunctionTrigger or ReplicationTask from "
+        "these /metrics addresses instead of its Pods' IPs (for an operator running outside the "
+        "cluster); repeatable",
     )
 
     bridge = sub.add_parser("bridge", help="run a bridge worker (the operator's connectors run it)")

@@ -74,7 +74,7 @@ def parse_worker_metrics_addresses(items: Iterable[str]) -> dict[str, tuple[str,
         )
         if not sep or key.count("/") != 1 or not parts or not well_formed:
             raise ValueError(
-                f"--worker-metrics-address {item!r}: expected NAMESPACE/CONNECTOR=HOST:PORT[,HOST:PORT...]"
+                f"--worker-metrics-address {item!r}: expected NAMESPACE/NAME=HOST:PORT[,HOST:PORT...]"
             )
         result[key] = parts
     return result

@@ -466,7 +466,7 @@ def test_worker_metrics_addresses_parse_and_refuse_with_the_syntax() -> None:
     parsed = parse_worker_metrics_addresses(["iot/vehicles=127.0.0.1:9101,127.0.0.1:9102"])
     assert parsed == {"iot/vehicles": ("127.0.0.1:9101", "127.0.0.1:9102")}
     for bad in ("iot/vehicles", "vehicles=127.0.0.1:1", "iot/v=host", "iot/v="):
-        with pytest.raises(ValueError, match="NAMESPACE/CONNECTOR=HOST:PORT"):
+        with pytest.raises(ValueError, match="NAMESPACE/NAME=HOST:PORT"):
             parse_worker_metrics_addresses([bad])
     settings = OperatorSettings(namespaces=("iot",), worker_metrics_addresses=parsed)
     assert settings.worker_image == "mqtt-operator:0.1.0"
