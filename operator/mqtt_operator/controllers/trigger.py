@@ -88,14 +88,17 @@ async def resolve_url(client: AsyncClient, namespace: str, spec: FunctionTrigger
     except ApiError as err:
         if err.status.code != 404:
             raise
-        # 404 for the object, or for the whole resource type when Knative Serving is not installed.
-        if (err.status.details and err.status.details.name) == knative.name:
-            return not_ready(
-                "ServiceNotFound",
-                f"Knative Service {knative.name!r} (spec.function.knativeServiceRef) does not exist in "
-                f"namespace {namespace!r}",
-                retry_after=RETRY_SECONDS,
-            )
+        # A Status answer: Knative's API is served, the object is missing.
+        return not_ready(
+            "ServiceNotFound",
+            f"Knative Service {knative.name!r} (spec.function.knativeServiceRef) does not exist in "
+            f"namespace {namespace!r}",
+            retry_after=RETRY_SECONDS,
+        )
+    except Exception as err:
+        # The API server answers a plain-text 404 (no Status) for an API group it does not serve.
+        if getattr(getattr(err, "response", None), "status_code", None) != 404:
+            raise
         return not_ready(
             "KnativeNotInstalled",
             "spec.function.knativeServiceRef needs Knative Serving (services.serving.knative.dev), which "
