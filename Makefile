@@ -24,6 +24,7 @@ venv: $(VENV)/.installed ## Create .venv with the operator and its dev tools
 testenv: ## Install the real test environment (kube-apiserver, etcd, kubectl, helm, kubeconform, Kafka, Mosquitto, kcat)
 	bash hack/testenv/install-debian.sh
 	bash hack/testenv/install-kafka.sh
+	bash hack/testenv/install-rocketmq.sh
 	bash hack/testenv/build-go-tools.sh all
 
 test: venv testenv chart-check ## Install what is missing, then run every test

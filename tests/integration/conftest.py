@@ -1,0 +1,20 @@
+"""Fixtures of the integration tests beyond the shared ones in tests/conftest.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from testenv.rocketmq import RocketMQ
+
+
+@pytest.fixture(scope="session")
+def rocketmq_cluster() -> Iterator[RocketMQ]:
+    """A one-node RocketMQ 5: name server + proxy in local mode; clients use `rocketmq_cluster.endpoint`.
+
+    Topics and consumer groups are not created on demand: `create_topic()` and `create_group()` first.
+    """
+    cluster = RocketMQ().start()
+    yield cluster
+    cluster.stop()
