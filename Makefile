@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv testenv test test-unit lint dev crds chart bench e2e image clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,3 +59,4 @@ clean: ## Remove the venv and the test environment cache
 bench: venv testenv ## Run the benchmarks; figures go to bench/results.json
 	$(PY) bench/bench_access.py
 	$(PY) bench/bench_bridge.py
+	$(PY) bench/bench_function.py

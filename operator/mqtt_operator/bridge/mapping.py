@@ -31,7 +31,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from mqtt_operator.bridge.config import KafkaToMqtt, MqttToKafka
-from mqtt_operator.bridge.mqtt5 import Message
+from mqtt_operator.bridge.mqtt5 import Message, Properties
 
 # Kafka header names of the MQTT system fields. User properties keep their own names.
 H_TOPIC: Final = "mqtt.topic"
@@ -72,6 +72,9 @@ class MqttPublish(NamedTuple):
     qos: int
     retain: bool
     user_properties: list[tuple[str, str]]
+    # Further MQTT 5 properties (content type, correlation data); when given, they are sent as they
+    # are and `user_properties` is ignored (put them in `props.user_properties`).
+    props: Properties | None = None
 
 
 class Skip(NamedTuple):
@@ -154,6 +157,21 @@ def json_field(payload: bytes, path: Sequence[str | int]) -> bytes | None:
 # --- MQTT -> Kafka ----------------------------------------------------------------------------
 
 
+def publisher_client_id(msg: Message, topic_level: int | None, property_name: str) -> str | None:
+    """The publisher's client id: the topic level `topic_level` when set, else the user property
+    `property_name`; None when unknown (see the module's doc)."""
+    if topic_level is not None:
+        levels = msg.topic.split("/")
+        if topic_level < len(levels) and levels[topic_level]:
+            return levels[topic_level]
+        return None
+    if msg.props is not None:
+        for name, value in msg.props.user_properties:
+            if name == property_name:
+                return value
+    return None
+
+
 class Uplink:
     """MQTT message -> Kafka record, as configured by an `MqttToKafka` spec."""
 
@@ -185,16 +203,7 @@ class Uplink:
         self._counter = count(1)
 
     def client_id(self, msg: Message) -> str | None:
-        if self.client_id_level is not None:
-            levels = msg.topic.split("/")
-            if self.client_id_level < len(levels) and levels[self.client_id_level]:
-                return levels[self.client_id_level]
-            return None
-        if msg.props is not None:
-            for name, value in msg.props.user_properties:
-                if name == self.client_id_property:
-                    return value
-        return None
+        return publisher_client_id(msg, self.client_id_level, self.client_id_property)
 
     def __call__(
         self, msg: Message, _qos: tuple[bytes, ...] = _QOS, _bool: tuple[bytes, ...] = _BOOL

@@ -1,6 +1,7 @@
 """The worker's Prometheus metrics and its HTTP endpoints: /metrics, /healthz, /readyz.
 
-Counters are per direction (`mqtt_to_kafka`, `kafka_to_mqtt`, ...). They are incremented once per
+Counters are per direction (`mqtt_to_kafka`, `kafka_to_mqtt`, `mqtt_to_function`), except the
+`bridge_function_*` ones, which only FunctionTrigger workers have. They are incremented once per
 batch, and the end-to-end latency histogram takes a whole batch's observations in one call: at
 tens of thousands of messages a second, per-message calls into prometheus_client (a lock each)
 would cost more than the rest of the message's trip through the worker.
@@ -111,8 +112,38 @@ class Metrics:
         self.registry.register(self.latency)
         self.connected = Gauge(
             "bridge_connected",
-            "1 while the named endpoint is connected",
+            "1 while the named endpoint is connected (function: the last call got an HTTP answer)",
             ["endpoint"],
+            registry=self.registry,
+        )
+        # The HTTP function's calls (FunctionTrigger workers): counted per call, a call carrying
+        # one message or a whole batch. The operator sums them into the trigger's status.counters.
+        self.function_calls = Counter(
+            "bridge_function_calls",
+            "HTTP calls made to the function, first calls and retries",
+            registry=self.registry,
+        )
+        self.function_succeeded = Counter(
+            "bridge_function_succeeded", "Calls the function answered with 2xx", registry=self.registry
+        )
+        self.function_retries = Counter(
+            "bridge_function_retries",
+            "Calls that repeated an earlier call of the same messages",
+            registry=self.registry,
+        )
+        self.function_timeouts = Counter(
+            "bridge_function_timeouts",
+            "Calls that got no answer within the timeout (their result is unknown; they are retried)",
+            registry=self.registry,
+        )
+        self.function_replies = Counter(
+            "bridge_function_replies",
+            "Function answers published to the reply topic",
+            registry=self.registry,
+        )
+        self.function_reply_failures = Counter(
+            "bridge_function_reply_failures",
+            "Function answers not published: the reply topic could not be filled or the broker refused it",
             registry=self.registry,
         )
 

@@ -32,6 +32,18 @@ log = logging.getLogger(__name__)
 PUBACK_TIMEOUT = 30.0
 
 
+def _props_size(props: mqtt5.Properties | None) -> int:
+    """About the bytes `props` take in a PUBLISH (its variable-length fields; the rest is in the margin)."""
+    if props is None:
+        return 0
+    size = sum(len(k.encode()) + len(v.encode()) + 5 for k, v in props.user_properties)
+    if props.content_type is not None:
+        size += len(props.content_type.encode())
+    if props.correlation_data is not None:
+        size += len(props.correlation_data)
+    return size
+
+
 class MqttSink:
     name = "mqtt"
 
@@ -99,11 +111,12 @@ class MqttSink:
         waits: list[tuple[int, asyncio.Future[int]]] = []
         limit = conn.max_packet_size
         try:
-            for pos, (topic, payload, qos, retain, user_properties) in enumerate(records):
-                if limit is not None and len(payload) + len(topic) + 64 > limit:
+            for pos, (topic, payload, qos, retain, user_properties, props) in enumerate(records):
+                if props is None and user_properties:
+                    props = mqtt5.Properties(user_properties=user_properties)
+                if limit is not None and len(payload) + len(topic) + _props_size(props) + 64 > limit:
                     outcomes[pos] = f"larger than the broker's maximum packet size ({limit} bytes)"
                     continue
-                props = mqtt5.Properties(user_properties=user_properties) if user_properties else None
                 if qos:
                     await conn.wait_send_slot()
                 fut = conn.publish_nowait(topic, payload, qos, retain, props)

@@ -147,7 +147,12 @@ class MqttSource:
             if not self._stopping:
                 await asyncio.sleep(backoff(attempt, base=0.5, cap=30))
 
-    async def take(self) -> list[Message]:
+    async def take(self, limit: int | None = None) -> list[Message]:
+        """What has arrived (at most `limit`, else `max_batch`), once something has.
+
+        Cancelling it while it waits loses nothing: messages leave the buffer only on return.
+        """
+        cap = self.max_batch if limit is None else min(limit, self.max_batch)
         while not self._buffer:
             if self._stopping:
                 return []
@@ -156,7 +161,7 @@ class MqttSource:
         if self._stopping:
             return []
         buffer = self._buffer
-        batch = MqttBatch(buffer if len(buffer) <= self.max_batch else buffer[: self.max_batch])
+        batch = MqttBatch(buffer if len(buffer) <= cap else buffer[:cap])
         del buffer[: len(batch)]
         batch.conn = self.conn
         return batch

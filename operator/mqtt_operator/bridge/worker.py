@@ -3,6 +3,10 @@
 One process serves one connector: the MQTT -> Kafka pipeline (MQTT source, `Uplink` mapping,
 Kafka sink) and/or the Kafka -> MQTT pipeline (Kafka source, `Downlink` mapping, MQTT sink), with
 one Kafka producer shared by the uplink and both directions' dead letters, and the metrics server.
+A FunctionTrigger's worker runs the MQTT -> function pipeline instead (MQTT source, batched when
+`batchMaxMessages` > 1, `ToEvent` mapping, HTTP function sink, MQTT dead letter); it needs no Kafka.
+A ReplicationTask's worker runs MQTT -> RocketMQ and/or RocketMQ -> MQTT (`rocketmq_routes.py`);
+the RocketMQ client is loaded only then.
 
 Shutdown (SIGTERM or SIGINT): every source stops taking messages, the pipelines finish what they
 hold (deliver, dead-letter, acknowledge / commit), the connections close normally (the MQTT
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -26,8 +31,11 @@ from typing import Any
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from mqtt_operator.bridge.config import BridgeConfig
+from mqtt_operator.bridge.batching import BatchingSource
+from mqtt_operator.bridge.config import BridgeConfig, MqttToFunction
 from mqtt_operator.bridge.dead_letter import KafkaDeadLetters
+from mqtt_operator.bridge.function_events import FunctionEvent, ToEvent
+from mqtt_operator.bridge.function_sink import FunctionSink
 from mqtt_operator.bridge.kafka_sink import KafkaSink
 from mqtt_operator.bridge.kafka_source import KafkaSource, Record
 from mqtt_operator.bridge.mapping import (
@@ -41,14 +49,19 @@ from mqtt_operator.bridge.mapping import (
 )
 from mqtt_operator.bridge.metrics import Metrics, serve
 from mqtt_operator.bridge.mqtt5 import Message
+from mqtt_operator.bridge.mqtt_dead_letter import MqttDeadLetters
 from mqtt_operator.bridge.mqtt_sink import MqttSink
 from mqtt_operator.bridge.mqtt_source import MqttSource
 from mqtt_operator.bridge.pipeline import Pipeline
+from mqtt_operator.bridge.rocketmq_routes import RocketMQRoutes
 
 log = logging.getLogger("mqtt_operator.bridge")
 
 UPLINK = "mqtt_to_kafka"
 DOWNLINK = "kafka_to_mqtt"
+FUNCTION = "mqtt_to_function"
+# The MQTT 5 Receive Maximum cannot be higher.
+RECEIVE_MAXIMUM_LIMIT = 65535
 # Kept back from drainSeconds for closing the connections after the pipelines drained.
 CLOSE_RESERVE_S = 2.0
 # Seconds between two checks that Kafka answers (for /readyz, also while no message flows).
@@ -101,6 +114,8 @@ class Worker:
         self.mqtt_source: MqttSource | None = None
         self.mqtt_sink: MqttSink | None = None
         self.kafka_source: KafkaSource | None = None
+        self.function: FunctionSink | None = None
+        self.rocketmq: RocketMQRoutes | None = None
         self.pipelines: list[Pipeline[Any, Any]] = []
         self._stop = asyncio.Event()
         self._failure: BaseException | None = None
@@ -174,8 +189,17 @@ class Worker:
             )
             self.kafka_source.drain = down.wait_idle
             self.pipelines.append(down)
+        if cfg.mqtt_to_function is not None:
+            if cfg.mqtt_to_kafka is not None:
+                raise ValueError(
+                    "the config has both mqttToKafka and mqttToFunction: they would share one MQTT "
+                    "session; run one worker for each"
+                )
+            self._build_function(cfg.mqtt_to_function)
+        if cfg.mqtt_to_rocketmq is not None or cfg.rocketmq_to_mqtt is not None:
+            self._build_rocketmq()
         if not self.pipelines:
-            raise ValueError("the config names no integration (mqttToKafka or kafkaToMqtt)")
+            raise ValueError("the config names no integration (mqttToKafka, kafkaToMqtt or mqttToFunction)")
         events = cfg.device_events
         if events is not None and (events.connect_topic or events.disconnect_topic):
             # Mosquitto has no per-client event stream a worker could read (docs/bridge.md).
@@ -183,6 +207,78 @@ class Worker:
                 "device lifecycle events are not built yet: no connect/disconnect records will be written",
                 extra={"connect_topic": events.connect_topic, "disconnect_topic": events.disconnect_topic},
             )
+
+    def _build_function(self, spec: MqttToFunction) -> None:
+        cfg = self.config
+        prefix = cfg.mqtt.client_id_prefix
+        batch = max(spec.batch_max_messages, 1)
+        # Calls in flight: with batches, each pipeline batch is one call.
+        in_flight = 1 if spec.ordered else max(1, min(spec.concurrency, spec.function.max_connections))
+        if not spec.ordered and spec.concurrency > spec.function.max_connections:
+            log.warning(
+                "concurrency is above the function's connection pool: calls in flight are limited to it",
+                extra={"concurrency": spec.concurrency, "max_connections": spec.function.max_connections},
+            )
+        if batch * in_flight > RECEIVE_MAXIMUM_LIMIT:
+            in_flight = max(1, RECEIVE_MAXIMUM_LIMIT // batch)
+            log.warning(
+                "fewer batches in flight than concurrency: the MQTT receive window cannot hold more",
+                extra={"batch_max_messages": batch, "batches_in_flight": in_flight},
+            )
+        endpoint = cfg.mqtt
+        # Every message held (the batch being gathered and the batches in flight) is unacknowledged:
+        # the receive window must hold them all, or a batch would wait for its deadline forever.
+        holdable = batch * in_flight if batch > 1 else 0
+        if endpoint.receive_maximum < holdable:
+            log.info(
+                "raising the MQTT receive maximum to hold every batch in flight",
+                extra={"configured": endpoint.receive_maximum, "receive_maximum": holdable},
+            )
+            endpoint = endpoint.model_copy(update={"receive_maximum": holdable})
+        self.mqtt_source = MqttSource(
+            endpoint,
+            client_id=f"{prefix}-{self.replica_id}",
+            share_group=spec.share_group,
+            topic_filters=spec.topic_filters,
+        )
+        source: MqttSource | BatchingSource = self.mqtt_source
+        if batch > 1:
+            source = BatchingSource(self.mqtt_source, batch, spec.batch_max_wait_seconds)
+        if (spec.dead_letter_topic or spec.reply_topic) and self.mqtt_sink is None:
+            self.mqtt_sink = MqttSink(cfg.mqtt, client_id=f"{prefix}-{self.replica_id}-pub")
+        self.function = FunctionSink(spec, self.metrics, self.mqtt_sink if spec.reply_topic else None)
+        # One message per call, unordered: the sink's runners bound the calls in flight and the receive
+        # window the messages, so the pipeline's window must not be the limit. Were it `concurrency`,
+        # one slow call would stop the taking of messages once that many small batches queued behind
+        # it, and the backlog would come back as one big batch, holding the window again (a convoy).
+        batches = in_flight if batch > 1 or spec.ordered else max(in_flight, endpoint.receive_maximum)
+        pipeline: Pipeline[Message, FunctionEvent] = Pipeline(
+            FUNCTION,
+            source,
+            ToEvent(spec),
+            self.function,
+            MqttDeadLetters(FUNCTION, self.mqtt_sink, spec.dead_letter_topic, self.metrics),
+            self.metrics,
+            max_batches=batches,
+        )
+        self.pipelines.append(pipeline)
+
+    def _build_rocketmq(self) -> None:
+        cfg = self.config
+        if cfg.mqtt_to_rocketmq is not None and self.mqtt_source is not None:
+            raise ValueError(
+                "the config has mqttToRocketmq and another MQTT source: they would share one MQTT "
+                "session; run one worker for each"
+            )
+        self.rocketmq = RocketMQRoutes(
+            cfg,
+            self.metrics,
+            client_id=f"{cfg.mqtt.client_id_prefix}-{self.replica_id}",
+            mqtt_sink=self.mqtt_sink,
+        )
+        self.mqtt_source = self.rocketmq.mqtt_source or self.mqtt_source
+        self.mqtt_sink = self.rocketmq.mqtt_sink
+        self.pipelines.extend(self.rocketmq.pipelines)
 
     def readiness(self) -> tuple[bool, str]:
         parts: list[tuple[str, bool, str | None]] = []
@@ -194,9 +290,17 @@ class Worker:
             parts.append(("kafka producer", self.kafka.ready, None))
         if self.kafka_source is not None:
             parts.append(("kafka consumer", self.kafka_source.ready, self.kafka_source.last_error))
+        if self.rocketmq is not None:
+            parts.extend(self.rocketmq.readiness())
         for name, ok, _ in parts:
             self.metrics.connected.labels(endpoint=name).set(1 if ok else 0)
         detail = "; ".join(f"{name}: {'ok' if ok else (err or 'not connected')}" for name, ok, err in parts)
+        if self.function is not None:
+            # Reported, not required: an unready worker would not bring the function back, and the
+            # messages wait in the broker meanwhile (the sink sets its own gauge).
+            fn = self.function
+            state = "reachable" if fn.reachable else (fn.last_error or "no call yet")
+            detail += f"; function (not required for readiness): {state}"
         return all(ok for _, ok, _ in parts), detail
 
     def stop(self) -> None:
@@ -216,6 +320,10 @@ class Worker:
                     self._stop.set()
             if self.kafka is not None and tick % PROBE_EVERY == 0:
                 await self.kafka.probe()
+            if self.function is not None and tick % PROBE_EVERY == 0:
+                await self.function.probe()
+            if self.rocketmq is not None and tick % PROBE_EVERY == 0:
+                await self.rocketmq.probe()
             tick += 1
             self.readiness()
             with contextlib.suppress(TimeoutError):
@@ -244,10 +352,17 @@ class Worker:
                 await self.kafka.start()
             except (KafkaError, OSError) as err:
                 log.warning("Kafka not reachable yet; delivery will retry", extra={"error": str(err)})
+        if self.function is not None:
+            await self.function.start()
         if self.mqtt_source is not None:
             self.mqtt_source.start()
         if self.mqtt_sink is not None:
             self.mqtt_sink.start()
+        if self.rocketmq is not None:
+            self.rocketmq.start()
+        # What exists now (modules, config, clients) lives as long as the process: kept out of every
+        # later garbage collection, a full one no longer scans it (pauses of ~10 ms, a latency tail).
+        gc.freeze()
         tasks = []
         for pipeline in self.pipelines:
             task = asyncio.create_task(pipeline.run(), name=pipeline.direction)
@@ -281,6 +396,10 @@ class Worker:
             closers.append(self.kafka_source.close())
         if self.kafka is not None:
             closers.append(self.kafka.close())
+        if self.function is not None:
+            closers.append(self.function.close())
+        if self.rocketmq is not None:
+            closers.append(self.rocketmq.close())
         remaining = max(cfg.drain_seconds - (time.monotonic() - started), 0.5)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*closers, return_exceptions=True), remaining)

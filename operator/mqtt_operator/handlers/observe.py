@@ -15,7 +15,7 @@ import kopf
 
 from mqtt_operator.api.conditions import Condition, parse_conditions, remove_condition, set_condition
 from mqtt_operator.api.kinds import ALL_KINDS, PAUSE_ANNOTATION, Kind
-from mqtt_operator.controllers.outcome import Outcome, not_ready
+from mqtt_operator.controllers.outcome import Outcome
 from mqtt_operator.handlers.context import OperatorContext
 from mqtt_operator.kube.events import record_event
 from mqtt_operator.kube.status import status_changes, write_status
