@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from tests.integration.test_bridge_helpers import Subscriber
 
 from mqtt_operator.broker.errors import BrokerAuthFailed
 from mqtt_operator.broker.probe import MqttLogin, check_login
@@ -251,6 +252,7 @@ def test_uplink_gets_its_config_workers_and_own_broker_identity(stack: Stack, ka
             replicas=2,
             deadLetter={"topic": "mqtt-dead-letter"},
             resources={"limits": {"memory": "128Mi"}},
+            deviceEvents={"connectTopic": topic},
         )
     )
     ready = stack.wait_condition(MQKC, "vehicles", "True", "Running")
@@ -309,11 +311,23 @@ def test_uplink_gets_its_config_workers_and_own_broker_identity(stack: Stack, ka
     assert user is not None and policy is not None
     assert user["metadata"]["ownerReferences"][0]["name"] == "vehicles"
     assert policy["spec"]["rules"] == [
-        {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["vehicles/+/state"]}
+        {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["vehicles/+/state"]},
+        {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["$SYS/broker/log/N"]},
     ]
-    device = Device(stack.port, "vehicles-connector", stack.secret("vehicles-connector-credentials"))
+    password = stack.secret("vehicles-connector-credentials")
+    # Device events: the connector's account reads the broker's connect notices (and only it does).
+    notices = Subscriber(stack.port, "$SYS/broker/log/N", auth=("vehicles-connector", password))
+    try:
+        probe = Device(stack.port, "vehicles-connector", password, client_id="notice-probe")
+        assert probe.connect() == 0
+        probe.close()
+        wait_for("the connect notice", lambda: any(b"as notice-probe" in m[1] for m in notices.messages))
+    finally:
+        notices.close()
+    device = Device(stack.port, "vehicles-connector", password)
     try:
         assert device.connect() == 0
+        assert device.subscribe("$SYS/broker/log/N") < 0x80
         assert device.subscribe(f"$share/{ns}.vehicles/vehicles/+/state") < 0x80
         assert device.subscribe("meters/#") == NOT_AUTHORIZED
         assert device.publish("vehicles/car-1/state") == NOT_AUTHORIZED

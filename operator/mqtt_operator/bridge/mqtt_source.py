@@ -48,13 +48,15 @@ class MqttSource:
         endpoint: MqttEndpoint,
         *,
         client_id: str,
-        share_group: str,
+        share_group: str | None,
         topic_filters: tuple[str, ...],
         max_batch: int = 5000,
     ) -> None:
+        """`share_group` None subscribes the filters as they are (for `$SYS` topics, which Mosquitto 2.0
+        does not deliver to shared subscriptions)."""
         self.endpoint = endpoint
         self.client_id = client_id
-        self.subscriptions = [(f"$share/{share_group}/{f}", 1) for f in topic_filters]
+        self.subscriptions = [(f"$share/{share_group}/{f}" if share_group else f, 1) for f in topic_filters]
         self.max_batch = max_batch
         self.conn: MqttConnection | None = None
         self.subscribed = False

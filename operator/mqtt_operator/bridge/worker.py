@@ -34,6 +34,8 @@ from aiokafka.errors import KafkaError
 from mqtt_operator.bridge.batching import BatchingSource
 from mqtt_operator.bridge.config import BridgeConfig, MqttToFunction
 from mqtt_operator.bridge.dead_letter import KafkaDeadLetters
+from mqtt_operator.bridge.device_events import LOG_TOPIC as DEVICE_LOG_TOPIC
+from mqtt_operator.bridge.device_events import DeviceEventMapping
 from mqtt_operator.bridge.function_events import FunctionEvent, ToEvent
 from mqtt_operator.bridge.function_sink import FunctionSink
 from mqtt_operator.bridge.kafka_sink import KafkaSink
@@ -58,6 +60,7 @@ from mqtt_operator.bridge.rocketmq_routes import RocketMQRoutes
 log = logging.getLogger("mqtt_operator.bridge")
 
 UPLINK = "mqtt_to_kafka"
+DEVICE_EVENTS = "device_events"
 DOWNLINK = "kafka_to_mqtt"
 FUNCTION = "mqtt_to_function"
 # The MQTT 5 Receive Maximum cannot be higher.
@@ -112,6 +115,7 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.kafka: KafkaSink | None = None
         self.mqtt_source: MqttSource | None = None
+        self.events_source: MqttSource | None = None  # device lifecycle events (device_events.py)
         self.mqtt_sink: MqttSink | None = None
         self.kafka_source: KafkaSource | None = None
         self.function: FunctionSink | None = None
@@ -126,7 +130,9 @@ class Worker:
         prefix = cfg.mqtt.client_id_prefix
         if (cfg.mqtt_to_kafka or cfg.kafka_to_mqtt) and cfg.kafka is None:
             raise ValueError("the config has a Kafka integration but no kafka endpoint")
-        if cfg.kafka is not None and (cfg.mqtt_to_kafka or cfg.dead_letter_topic):
+        if cfg.kafka is not None and (
+            cfg.mqtt_to_kafka or cfg.dead_letter_topic or self._reads_device_events()
+        ):
             up = cfg.mqtt_to_kafka
             self.kafka = KafkaSink(
                 cfg.kafka,
@@ -200,13 +206,7 @@ class Worker:
             self._build_rocketmq()
         if not self.pipelines:
             raise ValueError("the config names no integration (mqttToKafka, kafkaToMqtt or mqttToFunction)")
-        events = cfg.device_events
-        if events is not None and (events.connect_topic or events.disconnect_topic):
-            # Mosquitto has no per-client event stream a worker could read (docs/bridge.md).
-            log.warning(
-                "device lifecycle events are not built yet: no connect/disconnect records will be written",
-                extra={"connect_topic": events.connect_topic, "disconnect_topic": events.disconnect_topic},
-            )
+        self._build_device_events()
 
     def _build_function(self, spec: MqttToFunction) -> None:
         cfg = self.config
@@ -280,10 +280,48 @@ class Worker:
         self.mqtt_sink = self.rocketmq.mqtt_sink
         self.pipelines.extend(self.rocketmq.pipelines)
 
+    def _reads_device_events(self) -> bool:
+        """Only the first replica (`...-0`, a StatefulSet's ordinal 0) reads the broker's connect and
+        disconnect notices: `$SYS` topics cannot be shared, so each replica would write every event."""
+        events = self.config.device_events
+        wanted = events is not None and bool(events.connect_topic or events.disconnect_topic)
+        return wanted and self.config.kafka is not None and self.replica_id.endswith("-0")
+
+    def _build_device_events(self) -> None:
+        cfg = self.config
+        if not self._reads_device_events():
+            return
+        assert cfg.device_events is not None and self.kafka is not None
+        self.events_source = MqttSource(
+            cfg.mqtt,
+            client_id=f"{cfg.mqtt.client_id_prefix}-{self.replica_id}-events",
+            share_group=None,
+            topic_filters=(DEVICE_LOG_TOPIC,),
+        )
+        events: Pipeline[Message, KafkaRecord] = Pipeline(
+            DEVICE_EVENTS,
+            self.events_source,
+            DeviceEventMapping(cfg.device_events),
+            self.kafka,
+            KafkaDeadLetters(
+                DEVICE_EVENTS,
+                self.kafka,
+                cfg.dead_letter_topic,
+                uplink_dead_letter,
+                _describe_message,
+                self.metrics,
+            ),
+            self.metrics,
+            max_batches=1,  # a device's connects and disconnects stay in order
+        )
+        self.pipelines.append(events)
+
     def readiness(self) -> tuple[bool, str]:
         parts: list[tuple[str, bool, str | None]] = []
         if self.mqtt_source is not None:
             parts.append(("mqtt source", self.mqtt_source.ready, self.mqtt_source.last_error))
+        if self.events_source is not None:
+            parts.append(("mqtt device events", self.events_source.ready, self.events_source.last_error))
         if self.mqtt_sink is not None:
             parts.append(("mqtt publisher", self.mqtt_sink.ready, self.mqtt_sink.last_error))
         if self.kafka is not None:
@@ -356,6 +394,8 @@ class Worker:
             await self.function.start()
         if self.mqtt_source is not None:
             self.mqtt_source.start()
+        if self.events_source is not None:
+            self.events_source.start()
         if self.mqtt_sink is not None:
             self.mqtt_sink.start()
         if self.rocketmq is not None:
@@ -390,6 +430,8 @@ class Worker:
         closers = []
         if self.mqtt_source is not None:
             closers.append(self.mqtt_source.close())
+        if self.events_source is not None:
+            closers.append(self.events_source.close())
         if self.mqtt_sink is not None:
             closers.append(self.mqtt_sink.close())
         if self.kafka_source is not None:
