@@ -27,19 +27,22 @@ testenv: ## Install the real test environment (kube-apiserver, etcd, kubectl, he
 	bash hack/testenv/install-rocketmq.sh
 	bash hack/testenv/build-go-tools.sh all
 
-test: venv testenv chart-check ## Install what is missing, then run every test
+test: venv testenv chart-check ## Install what is missing, then run every test (unit, integration, e2e)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv ## Only the pure unit tests (no components)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv ## ruff and mypy (strict on the package)
-	$(VENV)/bin/ruff check operator tests testenv hack bench
-	$(VENV)/bin/ruff format --check operator tests testenv hack bench
+	$(VENV)/bin/ruff check operator tests testenv hack bench devcluster e2e
+	$(VENV)/bin/ruff format --check operator tests testenv hack bench devcluster e2e
 	$(VENV)/bin/mypy
 
-dev: venv testenv ## Local control plane + CRDs + the operator in the foreground
-	$(PY) -m testenv dev
+dev: venv testenv ## The local cluster (API server, Kafka, Pods as local processes) and the operator; Ctrl-C stops all
+	$(PY) -m devcluster dev
+
+e2e: venv testenv ## Only the whole-system tests (e2e/) against the local cluster; needs root
+	$(PY) -m pytest e2e $(PYTEST_ARGS)
 
 crds: venv ## Check the CRDs in crds/ against the API server's rules (they are the source of truth)
 	$(PY) -m pytest tests/integration/test_crds.py -q

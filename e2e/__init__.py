@@ -1,0 +1,1 @@
+"""Whole-system tests: the examples applied through the API server, checked from devices to Kafka."""

@@ -1,0 +1,70 @@
+"""What the e2e tests share: the examples, a device that connects to a given host, Pod lookups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from testenv.cluster import Namespace, wait_for
+from testenv.device import Device
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+MQI, MQU, MQACL, MQKC = (
+    "mqttinstances.mqtt-operator.io",
+    "authusers.mqtt-operator.io",
+    "aclpolicies.mqtt-operator.io",
+    "kafkaconnectors.mqtt-operator.io",
+)
+
+
+class HostDevice(Device):
+    """testenv's device, connecting to `host` instead of loopback (a Pod's address here)."""
+
+    def __init__(
+        self, host: str, port: int, username: str | None, password: str | None, **kwargs: Any
+    ) -> None:
+        super().__init__(port, username, password, **kwargs)
+        self.host = host
+
+    def connect(self) -> int:
+        self.client.connect(self.host, self.port, 30)
+        self.client.loop_start()
+        return int(self.connack.get(timeout=10).value)
+
+
+def connects(host: str, port: int, username: str | None, password: str | None) -> bool:
+    device = HostDevice(host, port, username, password)
+    try:
+        return device.connect() == 0
+    except OSError:
+        return False
+    finally:
+        device.close()
+
+
+def apply_examples(ns: Namespace, *names: str) -> None:
+    """`kubectl apply -n NS -f examples/<name>.yaml ...`, as a user would."""
+    args = [arg for name in names for arg in ("-f", str(EXAMPLES / f"{name}.yaml"))]
+    ns.cp.kubectl("apply", "-n", ns.namespace, *args)
+
+
+def pod(ns: Namespace, name: str) -> dict[str, Any]:
+    return json.loads(ns.cp.kubectl("get", "pod", "-n", ns.namespace, name, "-o", "json").stdout)
+
+
+def pod_ready(ns: Namespace, name: str) -> dict[str, Any] | None:
+    """The Pod when it exists and its Ready condition is True."""
+    found = ns.get("pod", name)
+    conditions = ((found or {}).get("status") or {}).get("conditions") or []
+    return found if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else None
+
+
+def restart_count(found: dict[str, Any], container: str) -> int:
+    statuses = (found.get("status") or {}).get("containerStatuses") or []
+    return next((int(s["restartCount"]) for s in statuses if s["name"] == container), 0)
+
+
+def wait_ready_instance(ns: Namespace, name: str = "devices", timeout: float = 90) -> dict[str, Any]:
+    ns.wait_condition(MQI, name, timeout=timeout)
+    return wait_for(f"Pod {name}-0 Ready", lambda: pod_ready(ns, f"{name}-0"), timeout)
