@@ -110,6 +110,11 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         self.registry.register(self.latency)
+        self.retired = Gauge(
+            "bridge_retired",
+            "1 once this replica left its shared subscriptions and ended its session (POST /retire)",
+            registry=self.registry,
+        )
         self.connected = Gauge(
             "bridge_connected",
             "1 while the named endpoint is connected (function: the last call got an HTTP answer)",
@@ -161,8 +166,11 @@ async def serve(
     port: int,
     ready: Callable[[], tuple[bool, str]],
     host: str = "0.0.0.0",  # noqa: S104
+    retire: Callable[[], str] | None = None,
 ) -> web.AppRunner:
-    """Start /metrics, /healthz (the process answers) and /readyz (`ready()` says both sides connected)."""
+    """Start /metrics, /healthz (the process answers) and /readyz (`ready()` says both sides connected);
+    with `retire`, POST /retire starts handing this replica's share back before a scale-down and
+    answers its state (`retiring` or `retired`)."""
 
     async def get_metrics(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
@@ -174,7 +182,14 @@ async def serve(
         ok, detail = ready()
         return web.Response(text=detail + "\n", status=200 if ok else 503)
 
+    async def post_retire(_: web.Request) -> web.Response:
+        assert retire is not None
+        state = retire()
+        return web.Response(text=state + "\n", status=200 if state == "retired" else 202)
+
     app = web.Application()
+    if retire is not None:
+        app.router.add_post("/retire", post_retire)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

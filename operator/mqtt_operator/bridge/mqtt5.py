@@ -345,6 +345,14 @@ def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
     return _packet((SUBSCRIBE << 4) | 0x02, body)
 
 
+def unsubscribe(packet_id: int, filters: list[str]) -> bytes:
+    """UNSUBSCRIBE; the broker answers UNSUBACK (decoded like a SUBACK: packet id, reason per filter)."""
+    body = _U16.pack(packet_id) + b"\x00"
+    for topic_filter in filters:
+        body += _utf8(topic_filter)
+    return _packet((UNSUBSCRIBE << 4) | 0x02, body)
+
+
 def publish(
     topic: str | bytes,
     payload: bytes,
@@ -530,11 +538,11 @@ def decode_stream(buf: bytes, received: float) -> tuple[list[Message], list[Cont
                 controls.append(decode_ack(kind, buf[start:end]))
             elif kind == CONNACK:
                 controls.append(decode_connack(buf[start:end]))
-            elif kind == SUBACK:
+            elif kind in (SUBACK, UNSUBACK):
                 controls.append(decode_suback(buf[start:end]))
             elif kind == DISCONNECT:
                 controls.append(decode_disconnect(buf[start:end]))
-            elif kind in (PINGRESP, UNSUBACK, AUTH):
+            elif kind in (PINGRESP, AUTH):
                 controls.append(kind)
             else:
                 raise ProtocolError(f"unexpected packet type {kind} from the server")

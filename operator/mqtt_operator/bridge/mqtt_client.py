@@ -264,6 +264,14 @@ class MqttConnection(asyncio.Protocol):
         suback = await asyncio.wait_for(fut, wait_s)
         return suback.reasons
 
+    async def unsubscribe(self, filters: list[str], wait_s: float) -> list[int]:
+        packet_id = self._packet_id()
+        fut: asyncio.Future[mqtt5.Suback] = self.loop.create_future()
+        self._waiting[packet_id] = fut
+        self.write(mqtt5.unsubscribe(packet_id, filters))
+        unsuback = await asyncio.wait_for(fut, wait_s)
+        return unsuback.reasons
+
     def ack(self, packet_ids: list[int], settled: int | None = None) -> None:
         """PUBACK (success) each packet id, in the order given, in one write.
 
@@ -317,10 +325,11 @@ class MqttConnection(asyncio.Protocol):
             await self.wait_send_slot()
         return self.publish_nowait(topic, payload, qos, retain, props)
 
-    async def disconnect(self, wait_s: float = 2.0) -> None:
-        """DISCONNECT (normal: the session and its queued messages stay) and close."""
+    async def disconnect(self, wait_s: float = 2.0, session_expiry: int | None = None) -> None:
+        """DISCONNECT and close. Normally the session and its queued messages stay; `session_expiry=0`
+        ends the session with the connection."""
         if self.is_open:
-            self.write(mqtt5.disconnect())
+            self.write(mqtt5.disconnect(0, session_expiry))
             self._flush()
             assert self.transport is not None
             self.transport.close()

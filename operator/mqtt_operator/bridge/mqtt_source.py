@@ -65,6 +65,11 @@ class MqttSource:
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
         self.last_error: str | None = None
+        # Retiring (a scale-down): unsubscribed, so the broker routes this replica's share to the others;
+        # retired: the session is ended too, and the source takes nothing more until it is stopped.
+        self.retiring = False
+        self.retired = False
+        self.last_arrival = 0.0
 
     @property
     def ready(self) -> bool:
@@ -81,12 +86,13 @@ class MqttSource:
             # same read, before open_connection() has even returned: they belong to this connection.
             self.conn = conn
         self._buffer.extend(messages)
+        self.last_arrival = asyncio.get_running_loop().time()
         self._arrived.set()
 
     async def _run(self) -> None:
         options: dict[str, Any] = endpoint_options(self.endpoint)
         attempt = 0
-        while not self._stopping:
+        while not self._stopping and not self.retired:
             try:
                 conn, connack = await open_connection(
                     options["host"],
@@ -111,7 +117,8 @@ class MqttSource:
                 continue
             self.conn = conn
             try:
-                reasons = await conn.subscribe(self.subscriptions, wait_s=10)
+                # A retiring replica resumes its session only to drain it: it subscribes to nothing.
+                reasons = [] if self.retiring else await conn.subscribe(self.subscriptions, wait_s=10)
                 refused = [
                     f"{topic}: {reason_text(code)}"
                     for (topic, _), code in zip(self.subscriptions, reasons, strict=False)
@@ -133,7 +140,7 @@ class MqttSource:
                 if self._stopping:
                     conn.hold()
                 exc = await conn.closed
-                if not self._stopping:
+                if not self._stopping and not self.retired:
                     self.last_error = f"lost the MQTT connection: {conn.disconnect_reason or exc}"
                     log.warning(self.last_error)
             except (MqttError, ConnectionLost, TimeoutError) as err:
@@ -175,6 +182,28 @@ class MqttSource:
 
     def origin(self, item: Message) -> float:
         return item.received
+
+    async def retire(self) -> None:
+        """Leave the shared subscriptions: the broker stops routing a share to this replica (what it
+        queued for it already still comes and is processed)."""
+        self.retiring = True
+        conn = self.conn
+        if conn is not None and conn.is_open:
+            reasons = await conn.unsubscribe([topic for topic, _ in self.subscriptions], wait_s=10)
+            log.info("unsubscribed to retire", extra={"client_id": self.client_id, "reasons": reasons})
+
+    def drained(self, quiet_s: float) -> bool:
+        """Nothing waits to be taken and nothing arrived for `quiet_s` seconds."""
+        return not self._buffer and asyncio.get_running_loop().time() - self.last_arrival >= quiet_s
+
+    async def end_session(self) -> None:
+        """DISCONNECT with session expiry 0: the broker forgets this replica's session. Afterwards take()
+        waits until stop_taking(), so the worker idles instead of exiting (a new process would join the
+        share group again before the scale-down removes it)."""
+        self.retired = True
+        self.subscribed = False
+        if self.conn is not None:
+            await self.conn.disconnect(session_expiry=0)
 
     def stop_taking(self) -> None:
         """Stop reading from the broker; what is not taken yet stays unacknowledged in the session."""

@@ -215,6 +215,11 @@ class Pipeline(Generic[M, R]):
             if self._settler is not None:
                 self._settler.cancel()
 
+    @property
+    def idle(self) -> bool:
+        """Every taken batch is settled."""
+        return self._idle.is_set()
+
     async def wait_idle(self) -> None:
         """Until every taken batch is settled."""
         await self._idle.wait()

@@ -51,6 +51,7 @@ from mqtt_operator.bridge.mapping import (
 )
 from mqtt_operator.bridge.metrics import Metrics, serve
 from mqtt_operator.bridge.mqtt5 import Message
+from mqtt_operator.bridge.mqtt_client import ConnectionLost, MqttError
 from mqtt_operator.bridge.mqtt_dead_letter import MqttDeadLetters
 from mqtt_operator.bridge.mqtt_sink import MqttSink
 from mqtt_operator.bridge.mqtt_source import MqttSource
@@ -61,6 +62,8 @@ log = logging.getLogger("mqtt_operator.bridge")
 
 UPLINK = "mqtt_to_kafka"
 DEVICE_EVENTS = "device_events"
+# Retiring: the replica's session counts as drained after this long without a message.
+RETIRE_QUIET_S = 1.0
 DOWNLINK = "kafka_to_mqtt"
 FUNCTION = "mqtt_to_function"
 # The MQTT 5 Receive Maximum cannot be higher.
@@ -116,6 +119,7 @@ class Worker:
         self.kafka: KafkaSink | None = None
         self.mqtt_source: MqttSource | None = None
         self.events_source: MqttSource | None = None  # device lifecycle events (device_events.py)
+        self._retiring: asyncio.Task[None] | None = None
         self.mqtt_sink: MqttSink | None = None
         self.kafka_source: KafkaSource | None = None
         self.function: FunctionSink | None = None
@@ -316,6 +320,33 @@ class Worker:
         )
         self.pipelines.append(events)
 
+    def retire(self) -> str:
+        """Start (once) handing this replica's share of the shared subscriptions back; its state."""
+        source = self.mqtt_source
+        if source is None or source.retired:
+            return "retired"
+        if self._retiring is None:
+            self._retiring = asyncio.create_task(self._retire(source), name="retire")
+        return "retiring"
+
+    async def _retire(self, source: MqttSource) -> None:
+        """Unsubscribe, process what the broker had queued for this replica, then end its session, so
+        that after the scale-down no session keeps receiving a share nobody reads (Mosquitto routes a
+        share to offline sessions too)."""
+        log.info("retiring: leaving the shared subscriptions before a scale-down")
+        try:
+            await source.retire()
+        except (MqttError, TimeoutError, ConnectionLost) as err:
+            log.warning("could not unsubscribe; retrying on the next request", extra={"error": str(err)})
+            self._retiring = None
+            return
+        # A quiet period has no event to wait on: poll it.
+        while not (source.drained(RETIRE_QUIET_S) and all(p.idle for p in self.pipelines)):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        await source.end_session()
+        self.metrics.retired.set(1)
+        log.info("retired: the session is ended; waiting to be stopped")
+
     def readiness(self) -> tuple[bool, str]:
         parts: list[tuple[str, bool, str | None]] = []
         if self.mqtt_source is not None:
@@ -376,7 +407,7 @@ class Worker:
                 loop.add_signal_handler(sig, self.stop)
         runner: web.AppRunner | None = None
         if cfg.metrics_port:
-            runner = await serve(self.metrics, cfg.metrics_port, self.readiness)
+            runner = await serve(self.metrics, cfg.metrics_port, self.readiness, retire=self.retire)
         log.info(
             "bridge worker starting",
             extra={
