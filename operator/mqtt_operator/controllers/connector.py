@@ -40,6 +40,8 @@ from mqtt_operator.controllers.workers import (
     client_ids,
     existing_login,
     remove_identity,
+    scale_down_gate,
+    scaling_down,
     worker_fields,
     workers_left,
 )
@@ -250,16 +252,18 @@ async def reconcile_connector(
         )
         config_map = bridge_config_map(identity, spec, broker, login.username)
         await apply(client, config_map)
-        live_sts = await apply(
-            client,
-            bridge_statefulset(
-                identity,
-                spec,
-                image=settings.worker_image,
-                config_hash=config_hash(config_map["data"]),
-                authorization=instance.authorization,
-            ),
+        desired_sts = bridge_statefulset(
+            identity,
+            spec,
+            image=settings.worker_image,
+            config_hash=config_hash(config_map["data"]),
+            authorization=instance.authorization,
         )
+        replicas_now, waiting = await scale_down_gate(
+            client, identity, names, previous, desired_sts["spec"]["replicas"], login
+        )
+        desired_sts["spec"]["replicas"] = replicas_now
+        live_sts = await apply(client, desired_sts)
     except ApiError as err:
         return not_ready(
             "ApplyFailed",
@@ -268,6 +272,8 @@ async def reconcile_connector(
             **fields,
         )
     fields.update(worker_fields(live_sts))
+    if waiting:
+        return scaling_down(waiting, fields)
     replicas = worker_replicas(spec)
     if spec.state == "paused":
         return Outcome(

@@ -40,6 +40,7 @@ from mqtt_operator.controllers.workers import (
     live_workers,
     metrics_targets,
     parse_spec,
+    scaling_down,
     tcp_probe,
     worker_fields,
 )
@@ -116,8 +117,8 @@ async def reconcile_replication(
         if isinstance(login, Outcome):
             return login
         config = replication_config(names, spec, broker_target(instance), login.username)
-        live_sts = await apply_workers(
-            client, settings, identity, replication_pod(names, spec), config, instance.authorization
+        live_sts, waiting = await apply_workers(
+            client, settings, identity, replication_pod(names, spec), config, login, instance.authorization
         )
     except ApiError as err:
         return not_ready(
@@ -127,6 +128,8 @@ async def reconcile_replication(
             **fields,
         )
     fields.update(worker_fields(live_sts))
+    if waiting:
+        return scaling_down(waiting, fields)
     if spec.state == "paused":
         return Outcome(
             conditions=(

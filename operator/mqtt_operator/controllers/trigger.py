@@ -38,6 +38,7 @@ from mqtt_operator.controllers.workers import (
     instance_problem,
     metrics_targets,
     parse_spec,
+    scaling_down,
     tcp_probe,
     worker_fields,
 )
@@ -177,8 +178,8 @@ async def reconcile_trigger(
         if isinstance(login, Outcome):
             return login
         config = trigger_config(names, spec, broker_target(instance), login.username, url)
-        live_sts = await apply_workers(
-            client, settings, identity, trigger_pod(names, spec), config, instance.authorization
+        live_sts, waiting = await apply_workers(
+            client, settings, identity, trigger_pod(names, spec), config, login, instance.authorization
         )
     except ApiError as err:
         return not_ready(
@@ -188,6 +189,8 @@ async def reconcile_trigger(
             **fields,
         )
     fields.update(worker_fields(live_sts))
+    if waiting:
+        return scaling_down(waiting, fields)
     if not spec.enabled:
         return Outcome(
             conditions=(

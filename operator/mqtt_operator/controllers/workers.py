@@ -5,12 +5,14 @@ where their metrics are scraped. KafkaConnector and FunctionTrigger build on it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
 from lightkube import AsyncClient
 from lightkube.resources.apps_v1 import StatefulSet
 from lightkube.resources.core_v1 import ConfigMap
@@ -239,22 +241,26 @@ async def apply_workers(
     identity: OwnerIdentity,
     pod: WorkerPod,
     config: BridgeConfig,
+    login: MqttLogin,
     authorization: bool,
-) -> dict[str, Any]:
-    """Apply the workers' ConfigMap, then their StatefulSet (rolled when the config changes); returns the
-    live StatefulSet."""
+) -> tuple[dict[str, Any], list[str]]:
+    """Apply the workers' ConfigMap, then their StatefulSet (rolled when the config changes; shrunk only
+    through scale_down_gate). Returns the live StatefulSet and the workers a scale-down waits for."""
     config_map = worker_config_map(identity, pod.names.workload, config)
     await apply(client, config_map)
-    return await apply(
+    live = await live_workers(client, pod.names)
+    replicas, waiting = await scale_down_gate(client, identity, pod.names, live, pod.replicas, login)
+    live_sts = await apply(
         client,
         worker_statefulset(
             identity,
-            pod,
+            dataclasses.replace(pod, replicas=replicas),
             image=settings.worker_image,
             config_hash=config_hash(config_map["data"]),
             authorization=authorization,
         ),
     )
+    return live_sts, waiting
 
 
 async def delete_workers(
@@ -326,3 +332,69 @@ async def tcp_probe(url: str) -> str | None:
         return f"cannot connect to {host}:{port}: {err or type(err).__name__}"
     writer.close()
     return None
+
+
+RETIRE_TIMEOUT = aiohttp.ClientTimeout(total=5)
+
+
+async def _retire(session: aiohttp.ClientSession, ip: str) -> bool:
+    """POST /retire to a worker: whether it has retired (False while retiring or not answering)."""
+    try:
+        async with session.post(f"http://{ip}:{METRICS_PORT}/retire") as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError) as err:
+        log.debug("worker did not answer /retire: %s", err, extra={"worker": ip})
+        return False
+
+
+async def scale_down_gate(
+    client: AsyncClient,
+    identity: OwnerIdentity,
+    names: WorkerNames,
+    live_sts: Mapping[str, Any] | None,
+    desired: int,
+    login: MqttLogin,
+) -> tuple[int, list[str]]:
+    """The replicas to apply now, and the workers a scale-down still waits for.
+
+    Mosquitto keeps routing a share of a `$share` group to an offline persistent session, so a replica
+    removed with its session left behind would swallow messages until the session expires. Before
+    the StatefulSet shrinks, each surplus worker is asked to retire (POST /retire: unsubscribe, process
+    what was queued for it, end its session); once all running ones have, the StatefulSet shrinks and
+    the sessions of surplus workers that were not running are ended (losing only what they had queued,
+    instead of everything routed to them until they expire). Scaling to 0 (paused, disabled) keeps every
+    session on purpose: the messages wait there for the same workers to come back.
+    """
+    current = int(((live_sts or {}).get("spec") or {}).get("replicas") or 0)
+    if desired == 0 or desired >= current:
+        return desired, []
+    pods = await running_pod_ips(client, identity.namespace, identity.selector_labels(BRIDGE_COMPONENT))
+    surplus = [f"{names.workload}-{ordinal}" for ordinal in range(desired, current)]
+    running = [pod for pod in surplus if pod in pods]
+    async with aiohttp.ClientSession(timeout=RETIRE_TIMEOUT) as session:
+        retired = await asyncio.gather(*(_retire(session, pods[pod]) for pod in running))
+    waiting = [pod for pod, done in zip(running, retired, strict=True) if not done]
+    if waiting:
+        return current, waiting
+    not_running = [pod for pod in surplus if pod not in pods]
+    if not_running:
+        log.warning(
+            "ending the sessions of surplus workers that were not running: what was queued for them is lost",
+            extra={"workers": not_running},
+        )
+    try:
+        await end_sessions(login, [names.replica_client_id(o) for o in range(desired, current)])
+    except BrokerError as err:
+        log.warning("could not end the surplus workers' sessions: %s", err, extra={"owner": names.name})
+    return desired, []
+
+
+def scaling_down(waiting: list[str], fields: Mapping[str, Any]) -> Outcome:
+    return not_ready(
+        "ScalingDown",
+        f"waiting for {', '.join(waiting)} to hand their share of the subscription back (POST /retire) "
+        "before the workers are scaled down",
+        retry_after=3,
+        warn=False,
+        **fields,
+    )
