@@ -71,6 +71,9 @@ def test_defaults_follow_the_cloud_service_form() -> None:
         60.0,
     )
     assert fn.function.timeout_seconds == 30.0 and fn.concurrency == 16 and not fn.ordered
+    assert fn.function.max_connections == 64
+    wide = trigger_config(NAMES, spec(concurrency=200), BROKER, None, "http://fn.example/").mqtt_to_function
+    assert wide is not None and wide.function.max_connections == 200
     assert fn.event_source == "/mqtt-operator/iot/devices"
 
 

@@ -69,7 +69,13 @@ def trigger_config(
             topic_filters=spec.topic_filters,
             share_group=names.share_group,
             function=FunctionCall(
-                url=function_url, format=spec.format, timeout_seconds=duration_seconds(spec.timeout)
+                url=function_url,
+                format=spec.format,
+                timeout_seconds=duration_seconds(spec.timeout),
+                # The worker caps calls in flight at its connection pool: never below the concurrency.
+                max_connections=max(
+                    FunctionCall.model_fields["max_connections"].default, spec.calls_in_flight
+                ),
             ),
             event_source=event_source(names.namespace, spec.instance_ref.name),
             ordered=spec.ordered,
