@@ -44,6 +44,11 @@ dev: venv testenv ## The local cluster (API server, Kafka, Pods as local process
 e2e: venv testenv ## Only the whole-system tests (e2e/) against the local cluster; needs root
 	$(PY) -m pytest e2e $(PYTEST_ARGS)
 
+# kind and its node image are pinned in e2e/kind/versions.env; run.sh says plainly when Docker is missing.
+.PHONY: e2e-kind
+e2e-kind: venv ## The same e2e tests on a kind cluster: image, chart, Kafka (needs Docker)
+	PYTEST_ARGS='$(PYTEST_ARGS)' bash e2e/kind/run.sh
+
 crds: venv ## Check the CRDs in crds/ against the API server's rules (they are the source of truth)
 	$(PY) -m pytest tests/integration/test_crds.py -q
 

@@ -7,7 +7,6 @@ import subprocess
 from typing import Any
 
 from e2e.helpers import MQU, apply_examples, connects, pod, pod_ready, restart_count, wait_ready_instance
-from e2e.targets import DRIFT_PERIOD
 from mqtt_operator.resources.admin_secret import ADMIN_USERNAME
 from testenv.cluster import Namespace, wait_for
 from testenv.paths import tool
@@ -51,5 +50,5 @@ def test_a_killed_broker_is_restarted_and_drift_repair_restores_its_users(
         wait_for(
             "fleet-dashboard back in the broker",
             lambda: connects(host, port, "fleet-dashboard", password),
-            timeout=DRIFT_PERIOD * 6,
+            timeout=cluster.drift_period * 6,
         )

@@ -15,10 +15,8 @@ from testenv.cluster import Namespace, wait_for
 MOSQUITTO = "eclipse-mosquitto:2.0.22"
 
 
-@pytest.fixture(autouse=True)
-def local_only(cluster: Any) -> None:
-    if cluster.name != "local":
-        pytest.skip("checks the local runner's own behaviour")
+# A real cluster has its own controllers and kubelet; these tests read the runner's files and PIDs.
+pytestmark = pytest.mark.local_only("checks the local runner's own behaviour (its Pods, PIDs, image table)")
 
 
 def _broker_pod_template(app: str, image: str = MOSQUITTO) -> dict[str, Any]:
