@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from testenv.cluster import Namespace, wait_for
 from testenv.device import Device
+from testenv.paths import tool
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MQI, MQU, MQACL, MQKC = (
@@ -68,3 +70,14 @@ def restart_count(found: dict[str, Any], container: str) -> int:
 def wait_ready_instance(ns: Namespace, name: str = "devices", timeout: float = 90) -> dict[str, Any]:
     ns.wait_condition(MQI, name, timeout=timeout)
     return wait_for(f"Pod {name}-0 Ready", lambda: pod_ready(ns, f"{name}-0"), timeout)
+
+
+def kafka_keys(bootstrap: str, topic: str, prefix: str) -> set[str]:
+    """The keys starting with `prefix` of every record in the Kafka topic so far (kcat)."""
+    proc = subprocess.run(
+        [tool("kcat"), "-b", bootstrap, "-C", "-t", topic, "-o", "beginning", "-e", "-f", "%k\n", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return {line for line in proc.stdout.splitlines() if line.startswith(prefix)}
