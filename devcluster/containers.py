@@ -254,6 +254,7 @@ async def sandbox_spec(
         "scratch": str(scratch),
         "files": dict(image.files),
         "programs": dict(image.programs),
+        "host_paths": list(image.host_paths),
         "executable": executable,
         "argv": argv,
         "env": env,

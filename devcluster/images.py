@@ -8,7 +8,6 @@ a script can call nothing else the image would not have. An image that is not he
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,8 +17,6 @@ from typing import Any
 from devcluster.sandbox import IMAGE_BIN
 from testenv.mosquitto import dynsec_plugin
 from testenv.paths import REPO
-
-log = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_BIN", "TABLE", "Image", "UnknownImage", "command_line", "lookup", "program_for"]
 
@@ -37,6 +34,9 @@ class Image:
     env: Mapping[str, str] = field(default_factory=dict)
     # path inside the image -> local file (linked into the Pod's root filesystem)
     files: Mapping[str, str] = field(default_factory=dict)
+    # Host folders the container must see at the same path whatever the Pod mounts (e.g. a repository
+    # cloned under /tmp, which a Pod's own /tmp would hide): bound read-only after the volumes.
+    host_paths: tuple[str, ...] = ()
 
 
 def _which(name: str, *fallbacks: str) -> str:
@@ -61,22 +61,7 @@ def _mosquitto() -> Image:
     )
 
 
-def _traversable_by_all(path: Path) -> None:
-    """Let any user pass through the folders above `path` (search permission only, no listing).
-
-    The operator's image runs as uid 65532, and here its program is this repo's .venv (with the
-    package installed in editable mode from REPO/operator): a clone in a private folder (`mktemp -d`
-    makes it 0700) would hide both from that user, and every worker would crash at start.
-    """
-    for folder in (path, *path.parents):
-        mode = folder.stat().st_mode
-        if not mode & 0o001:
-            folder.chmod(mode | 0o001)
-            log.info("made %s searchable by all users, for the Pods that run as non-root", folder)
-
-
 def _operator() -> Image:
-    _traversable_by_all(REPO)
     venv_program = REPO / ".venv" / "bin" / "mqtt-operator"
     program = str(venv_program) if venv_program.exists() else _which("mqtt-operator")
     # As in the Dockerfile: USER 65532, ENTRYPOINT mqtt-operator, CMD run.
@@ -87,6 +72,8 @@ def _operator() -> Image:
         cmd=("run",),
         user=(65532, 65532),
         env={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+        # The program is this repo's .venv, with the package installed in editable mode from it.
+        host_paths=(str(REPO),),
     )
 
 

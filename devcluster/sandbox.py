@@ -91,6 +91,8 @@ def _make_reachable(root: Path, program: str) -> None:
         if str(folder) == "/":
             continue
         view = inside(root, str(folder))
+        if not view.exists():
+            return  # not visible (yet): a host path bound later is made reachable then
         mode = view.stat().st_mode
         if not mode & 0o001:
             os.chmod(view, (mode & 0o7777) | 0o001)
@@ -154,6 +156,19 @@ def build_root(spec: dict[str, Any]) -> Path:
         _mount("--bind", str(source), str(target))
         if mount.get("readOnly"):
             _mount("-o", "remount,bind,ro", str(target))
+    for host_path in spec.get("host_paths", ()):
+        # After the volumes: a Pod's emptyDir on /tmp must not hide a repository cloned under /tmp.
+        target = inside(root, host_path)
+        if target.is_dir() and any(target.iterdir()):
+            continue  # already visible through the overlay or a host mount
+        target.mkdir(parents=True, exist_ok=True)
+        _mount("--rbind", host_path, str(target))
+        _mount("-o", "remount,bind,ro", str(target))
+    if spec.get("uid") and spec.get("host_paths"):
+        executable = os.path.realpath(spec["executable"])
+        for program in (executable, _interpreter(executable)):
+            if program:
+                _make_reachable(root, program)
     if spec.get("readOnlyRoot"):
         _mount("-o", "remount,bind,ro", str(root))
     return root
