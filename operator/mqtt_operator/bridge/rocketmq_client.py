@@ -20,8 +20,11 @@ change) or `message` (this message can never be sent: too large, an invalid prop
 
 What RocketMQ 5.5.0 was seen to do (docs/bridge.md, RocketMQ):
 - After the proxy restarts it has forgotten the clients' settings: receives fail with
-  INTERNAL_SERVER_ERROR "settings is null" until the client sends them again, which the client does
-  every 5 minutes; `RocketMQConsumer.resync()` sends them at once. Sends need no settings.
+  INTERNAL_SERVER_ERROR "settings is null" (heartbeats with "cannot find client settings") until
+  the client sends them again, which it does every 5 minutes; `RocketMQConsumer.resync()` sends
+  them at once, and the producer once sends work again. Sends need no settings.
+- A consumer group that does not exist is refused on the telemetry stream, which the client only
+  logs ("group not found: NAME"): the log filter keeps that refusal for the consumer to report.
 - A gRPC channel reconnects by itself, with gRPC's backoff: the first send works 4-8 s after the
   proxy is back.
 - Importing the client configures logging (replacing every handler of the process) and creates
@@ -61,6 +64,9 @@ MIN_INVISIBLE_S: Final = 10
 LONG_POLL_S: Final = 5
 # Entries per AckMessage request.
 ACK_CHUNK: Final = 128
+# How long a consumer waits for the proxy to take its settings, at start and after a failed receive.
+SETTINGS_WAIT_S: Final = 10.0
+RESYNC_WAIT_S: Final = 5.0
 
 Kind = Literal["ok", "transient", "route", "message"]
 
@@ -113,6 +119,10 @@ OK: Final = Status("ok", "")
 
 _client: types.ModuleType | None = None
 _load_lock = threading.Lock()
+# Consumer groups the proxy refused on the telemetry stream ("group not found: NAME"), with its words.
+# The client only logs that refusal; the consumer reads it from here when its settings never arrive.
+_telemetry_refusals: dict[str, str] = {}
+_GROUP_NOT_FOUND = "group not found: "
 _codes: dict[int, str] = {}
 _kinds: dict[int, Kind] = {}
 
@@ -134,6 +144,13 @@ class _Quieter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == CLIENT_LOGGER and _GROUP_NOT_FOUND in str(record.msg):
+            text = str(record.msg)
+            named = text.split(_GROUP_NOT_FOUND, 1)[1].split()
+            if named:
+                _telemetry_refusals[named[0]] = text
+        if record.name == "asyncio" and "/rocketmq/" not in record.getMessage():
+            return True  # our own loop's
         if record.name == "concurrent.futures":
             exc = record.exc_info[1] if record.exc_info else None
             if exc is None or not type(exc).__module__.startswith(("grpc", "rocketmq")):
@@ -176,7 +193,10 @@ def load_client() -> types.ModuleType:
         client_log.setLevel(logging.WARNING)
         client_log.propagate = True
         client_log.addFilter(quieter)
+        # Its heartbeat callbacks re-raise (concurrent.futures logs them) and its telemetry writes can be
+        # left pending when a stream is replaced (asyncio logs them when they are collected).
         logging.getLogger("concurrent.futures").addFilter(quieter)
+        logging.getLogger("asyncio").addFilter(quieter)
         for name, value in Code.items():
             _codes[value] = name
             _kinds[value] = (
@@ -237,8 +257,6 @@ def credentials(endpoint: RocketMQEndpoint) -> tuple[str, str]:
 class _Connection:
     """What producer and consumer share: the client object, its route to one topic, the error state."""
 
-    what = "client"
-
     def __init__(self, endpoint: RocketMQEndpoint, topic: str, group: str = "") -> None:
         self.rmq = load_client()
         self.endpoint = endpoint
@@ -295,14 +313,26 @@ class _Connection:
                 await asyncio.to_thread(self.client.startup)
                 self.started = True
             status = await self.query_route()
-            if status.kind == "ok":
-                # The client's own route cache drives its heartbeats and telemetry (settings) stream.
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.client._retrieve_topic_route_data, self.topic)
-            return status
+            if status.kind != "ok":
+                return status
+            # The client's own route cache drives its heartbeats and telemetry (settings) stream.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.client._retrieve_topic_route_data, self.topic)
+            return await self._connected()
+
+    async def _connected(self) -> Status:
+        """What else connecting takes once the route is known (a consumer: the proxy has its settings)."""
+        return self.note(OK)
+
+    async def probe(self) -> Status:
+        """Is the proxy answering, and does the topic still exist? (readiness, also while nothing flows)"""
+        if not self.started:
+            return await self.connect()
+        status = await self.query_route()
+        return self.note(status) if status.kind == "ok" else status
 
     async def query_route(self) -> Status:
-        """QueryRoute for the topic: is the proxy answering, and does the topic exist? (also the probe)"""
+        """QueryRoute for the topic: is the proxy answering, does the topic exist? Failures are noted."""
         pb = self.rmq.grpc_protocol
         req = pb.QueryRouteRequest()
         req.topic.name = self.topic
@@ -326,10 +356,20 @@ class _Connection:
         self.accepts = set(queues[0].accept_message_types)
         rpc_endpoints = importlib.import_module("rocketmq.v5.client.connection").RpcEndpoints
         self.endpoints = rpc_endpoints(queues[0].broker.endpoints)
-        return self.note(OK)
+        return OK
 
     def _usable(self, queue: Any) -> bool:
         return True
+
+    def _send_settings(self) -> None:
+        """Send the client's settings again, on a new telemetry stream (the answer sets the event)."""
+        client = self.client
+        event = getattr(client, "_init_settings_event", None)
+        if event is not None:
+            event.clear()
+        _telemetry_refusals.pop(self.group, None)
+        # The client creates its gRPC calls on its own loop: ask it there.
+        client._rpc_channel_io_loop().call_soon_threadsafe(client.on_new_endpoints, self.endpoints)
 
     async def close(self) -> None:
         client, self.client = self.client, None
@@ -343,8 +383,6 @@ class _Connection:
 class RocketMQProducer(_Connection):
     """Sends batches of records to one topic."""
 
-    what = "producer"
-
     def __init__(self, endpoint: RocketMQEndpoint, topic: str, *, fifo: bool) -> None:
         super().__init__(endpoint, topic)
         self.fifo = fifo
@@ -353,10 +391,21 @@ class RocketMQProducer(_Connection):
         self._type = pb.MessageType.Value("FIFO" if fifo else "NORMAL")
         self._identity = pb.Encoding.Value("IDENTITY")
         self._ids = importlib.import_module("rocketmq.v5.util").MessageIdCodec()
+        self._lost = False
         self._host = socket.gethostname()
 
     def _new_client(self) -> Any:
         return self.rmq.Producer(self.configuration, [self.topic], tls_enable=self.endpoint.tls)
+
+    def note(self, status: Status) -> Status:
+        # A restarted proxy has lost the producer's settings: sends work without them, but its heartbeats
+        # fail until the client sends them again (every 5 minutes): send them once it answers again.
+        if status.kind == "transient":
+            self._lost = True
+        elif status.kind == "ok" and self._lost and self.endpoints is not None:
+            self._lost = False
+            self._send_settings()
+        return super().note(status)
 
     def _usable(self, queue: Any) -> bool:
         return queue.permission in (
@@ -437,8 +486,6 @@ class RocketMQProducer(_Connection):
 class RocketMQConsumer(_Connection):
     """Receives from one topic in a consumer group; acknowledges and extends held messages."""
 
-    what = "consumer"
-
     def __init__(self, endpoint: RocketMQEndpoint, topic: str, group: str, tag_filter: str) -> None:
         super().__init__(endpoint, topic, group)
         self.tag_filter = tag_filter or "*"
@@ -447,9 +494,14 @@ class RocketMQConsumer(_Connection):
         self._tag_type = pb.FilterType.Value("TAG")
         self._gzip = pb.Encoding.Value("GZIP")
         self._not_found = pb.Code.Value("MESSAGE_NOT_FOUND")
+        self._ok = pb.Code.Value("OK")
         self._next_queue = 0
         # The group is FIFO (the proxy says so in the settings it sends back), None until known.
         self.fifo: bool | None = None
+        # The proxy has this client's settings; after a failed receive they are sent again first.
+        self.settings_ok = False
+        self._resync_lock = asyncio.Lock()
+        self._attempts = 0
 
     def _new_client(self) -> Any:
         consumer = self.rmq.SimpleConsumer(
@@ -476,32 +528,43 @@ class RocketMQConsumer(_Connection):
             self._pb.Permission.Value("READ_WRITE"),
         )
 
-    async def connect(self) -> Status:
-        status = await super().connect()
-        if status.kind == "ok":
-            await self.wait_settings()
-        return status
+    async def _connected(self) -> Status:
+        if self._attempts:
+            # The client sends its settings on its own only at start and every 5 minutes.
+            self._send_settings()
+        self._attempts += 1
+        return await self._settings(SETTINGS_WAIT_S if self._attempts == 1 else RESYNC_WAIT_S)
 
-    async def wait_settings(self, seconds: float = 10.0) -> bool:
+    async def _settings(self, seconds: float) -> Status:
         """Until the proxy has the client's settings (a receive before fails with "settings is null")."""
-        client = self.client
-        event = getattr(client, "_init_settings_event", None)
-        if event is None:
-            return False
-        return bool(await asyncio.to_thread(event.wait, seconds))
+        event = getattr(self.client, "_init_settings_event", None)
+        deadline = time.monotonic() + seconds
+        while event is not None and time.monotonic() < deadline:
+            if event.is_set():
+                self.settings_ok = True
+                return self.note(OK)
+            refused = _telemetry_refusals.get(self.group)
+            if refused is not None:
+                break
+            await asyncio.sleep(0.05)
+        self.settings_ok = False
+        if _telemetry_refusals.get(self.group) is not None:
+            return self.note(
+                Status("route", f"the RocketMQ consumer group {self.group!r} does not exist: create it")
+            )
+        return self.note(Status("transient", "the RocketMQ proxy has not taken the consumer's settings"))
 
-    async def resync(self) -> None:
-        """Send the client's settings again (on a new telemetry stream): after the proxy restarted."""
-        client = self.client
-        if client is None or self.endpoints is None:
-            return
-        event = getattr(client, "_init_settings_event", None)
-        if event is not None:
-            event.clear()
-        # The client creates its gRPC calls on its own loop: ask it there.
-        loop = client._rpc_channel_io_loop()
-        loop.call_soon_threadsafe(client.on_new_endpoints, self.endpoints)
-        await self.wait_settings(5.0)
+    async def resync(self) -> Status:
+        """Send the client's settings again and wait for them to be taken (a restarted proxy lost them)."""
+        async with self._resync_lock:
+            if self.settings_ok:
+                return OK  # another receiver just did
+            # Only to a proxy that answers: a telemetry stream opened meanwhile would hang in the client.
+            reachable = await self.query_route()
+            if reachable.kind != "ok":
+                return reachable
+            self._send_settings()
+            return await self._settings(RESYNC_WAIT_S)
 
     def _receive_request(self, invisible_s: int, batch: int) -> Any:
         req = self._pb.ReceiveMessageRequest()
@@ -538,7 +601,7 @@ class RocketMQConsumer(_Connection):
                         try:
                             body = gzip.decompress(body)
                         except (OSError, EOFError):
-                            body = b""  # refused by the mapping as corrupt (RocketMQ never sends empty)
+                            body = b""  # the mapping fails it: RocketMQ has no empty bodies
                     born, stored = system.born_timestamp, system.store_timestamp
                     messages.append(
                         RocketMQMessage(
@@ -566,12 +629,15 @@ class RocketMQConsumer(_Connection):
         self, invisible_s: int, batch: int = RECEIVE_BATCH
     ) -> tuple[Status, list[RocketMQMessage]]:
         """Long-poll for up to `batch` messages, invisible to the group for `invisible_s` seconds."""
-        client = self.client
-        if client is None or self.endpoints is None:
+        if self.client is None or self.endpoints is None:
             status = await self.connect()
             if status.kind != "ok":
                 return status, []
-            client = self.client
+        elif not self.settings_ok:
+            status = await self.resync()
+            if status.kind != "ok":
+                return status, []
+        client = self.client
         req = self._receive_request(invisible_s, batch)
         # Their deadline counts from before the request: the proxy's clock starts at the pop.
         started = time.monotonic()
@@ -583,10 +649,13 @@ class RocketMQConsumer(_Connection):
         except asyncio.CancelledError:
             raise
         except Exception as err:  # grpc.aio.AioRpcError and the client's own errors
+            self.settings_ok = False  # the proxy may be a new one: send the settings again first
             return self.note(rpc_error(err)), []
         if pb_status is None or pb_status.code == self._not_found:
             return self.note(OK), messages
         status = classify(pb_status.code, pb_status.message, topic=self.topic, group=self.group)
+        if status.kind != "ok":
+            self.settings_ok = False
         return self.note(status), messages
 
     def _ack_request(self, messages: Sequence[RocketMQMessage]) -> Any:
@@ -623,7 +692,7 @@ class RocketMQConsumer(_Connection):
             failed: list[tuple[RocketMQMessage, Status]] = []
             by_handle = {m.receipt_handle: m for m in chunk}
             for entry in res.entries:
-                if entry.status.code != 20000:  # OK
+                if entry.status.code != self._ok:
                     msg = by_handle.get(entry.receipt_handle)
                     if msg is not None:
                         failed.append((msg, classify(entry.status.code, entry.status.message)))

@@ -339,6 +339,8 @@ class FromRocketMQ:
         self.retain = spec.retain
 
     def __call__(self, msg: RocketMQMessage) -> MqttPublish | Reject:
+        if not msg.body:
+            return Reject("the message body could not be read (a gzip body that does not inflate)")
         topic = self.template.render(msg)
         if type(topic) is Reject:
             return topic

@@ -80,9 +80,7 @@ class RocketMQSink:
 
     async def probe(self) -> bool:
         """Is the proxy answering, and does the topic exist? (readiness, also while nothing flows)"""
-        if not self.producer.started:
-            return (await self.producer.connect()).kind == "ok"
-        return (await self.producer.query_route()).kind == "ok"
+        return (await self.producer.probe()).kind == "ok"
 
     async def recover(self) -> None:
         """Look the route up again (a topic created meanwhile, a proxy back at another address)."""
