@@ -349,8 +349,14 @@ def test_a_proxy_outage_loses_nothing_shows_in_the_figures_and_heals(
             rocketmq_cluster.stop_proxy(graceful=False)
             stopped = time.monotonic()
             try:
-                _, text = wait_for("unready", readyz_when(worker, lambda status, _: status == 503), 30)
-                assert "rocketmq producer: RocketMQ proxy not reachable" in text
+                # The consumer or the producer may notice first: wait until the producer's side says so.
+                producer_down = "rocketmq producer: RocketMQ proxy not reachable"
+                _, text = wait_for(
+                    "unready",
+                    readyz_when(worker, lambda status, body: status == 503 and producer_down in body),
+                    30,
+                )
+                assert producer_down in text
                 # Commands sent during the outage are retried by the sender until the proxy is back.
                 during = threading.Thread(target=produce, args=(producer, 20, 10), daemon=True)
                 during.start()
