@@ -1,6 +1,7 @@
 """Shared by the integration tests of the worker kinds (no tests here): the operator as a real process,
-an MqttInstance `devices` with authorization on and a real Mosquitto run from its rendered config, and
-stand-ins for the workers' /metrics where no worker runs."""
+an MqttInstance `devices` with authorization on and a real Mosquitto run from its rendered config,
+device accounts, real workers run from the ConfigMaps the operator wrote, and stand-ins for the
+workers' /metrics where no worker runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.integration.test_bridge_helpers import WorkerProcess
 
 from testenv.cluster import Namespace, wait_for
 from testenv.kube import ControlPlane
@@ -23,6 +26,8 @@ ADMIN = "mqtt-operator-admin"
 MQI = "mqttinstances.mqtt-operator.io"
 MQU = "authusers.mqtt-operator.io"
 MQACL = "aclpolicies.mqtt-operator.io"
+AUTH_USER = {"apiVersion": "mqtt-operator.io/v1alpha1", "kind": "AuthUser"}
+ACL_POLICY = {"apiVersion": "mqtt-operator.io/v1alpha1", "kind": "AclPolicy"}
 
 
 class MetricsServer:
@@ -62,6 +67,7 @@ class Stack(Namespace):
     port: int = 0
     operator: OperatorProcess | None = None
     brokers: list[Mosquitto] = field(default_factory=list)
+    workers: list[WorkerProcess] = field(default_factory=list)
 
     def status(self, resource: str, name: str) -> dict[str, Any]:
         result: dict[str, Any] = (self.get(resource, name) or {}).get("status") or {}
@@ -78,6 +84,27 @@ class Stack(Namespace):
         broker = from_rendered(conf["data"]["mosquitto.conf"], 1883, self.port, admin).start()
         self.brokers.append(broker)
         return broker
+
+    def device(self, name: str, rules: list[dict[str, Any]]) -> tuple[str, str]:
+        """An AuthUser `name` with an AclPolicy of `rules`, both ready: (username, password)."""
+        ref = {"instanceRef": {"name": "devices"}}
+        self.apply({**AUTH_USER, "metadata": {"name": name}, "spec": ref})
+        policy = {**ref, "users": [name], "rules": rules}
+        self.apply({**ACL_POLICY, "metadata": {"name": name}, "spec": policy})
+        self.wait_condition(MQU, name, "True")
+        self.wait_condition(MQACL, name, "True")
+        return name, self.secret(f"{name}-credentials")
+
+    def start_worker(self, workload: str, metrics_port: int, ordinal: int = 0) -> WorkerProcess:
+        """What the kubelet would run for Pod `<workload>-<ordinal>`: the config from the ConfigMap the
+        operator wrote (pointed at this broker), the password from the Secret it generated, /metrics on
+        `metrics_port` (where the operator was told to scrape it)."""
+        config = self.worker_config(workload)
+        config["mqtt"] = {**config["mqtt"], "host": "127.0.0.1", "port": self.port}
+        env = {"MQTT_PASSWORD": self.secret(f"{workload}-credentials")}
+        worker = WorkerProcess(config, replica_id=f"{workload}-{ordinal}", port=metrics_port, env=env)
+        self.workers.append(worker.start())
+        return worker
 
 
 def instance() -> dict[str, Any]:
@@ -120,6 +147,8 @@ def operator_stack(cp: ControlPlane, namespace: str, worker_metrics: dict[str, s
         s.wait_condition(MQI, "devices", "True", "BrokerReady")
         yield s
     finally:
+        for worker in s.workers:
+            worker.stop()
         if s.operator:
             s.operator.stop()
         for broker in s.brokers:
