@@ -13,30 +13,22 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from tests.integration.test_bridge_helpers import Subscriber, WorkerProcess, paho_publish
+from tests.integration.operator_stack import MQACL, MQU, Stack, operator_stack
+from tests.integration.test_bridge_helpers import Subscriber, paho_publish
 
-from testenv.cluster import Namespace, wait_for
+from testenv.cluster import wait_for
 from testenv.device import NOT_AUTHORIZED, Device
 from testenv.kube import ControlPlane
-from testenv.mosquitto import Mosquitto, from_rendered
-from testenv.operator import OperatorProcess
 from testenv.process import free_port
 
 pytestmark = pytest.mark.integration
-DRIFT_PERIOD = 3
-ADMIN = "mqtt-operator-admin"
-MQI, MQU, MQACL, MQFT = (
-    "mqttinstances.mqtt-operator.io",
-    "authusers.mqtt-operator.io",
-    "aclpolicies.mqtt-operator.io",
-    "functiontriggers.mqtt-operator.io",
-)
+MQFT = "functiontriggers.mqtt-operator.io"
 NAME = "battery-alerts"
+WORKLOAD = f"{NAME}-trigger"
 
 
 class Function:
@@ -88,80 +80,19 @@ class Function:
         self.server.server_close()
 
 
-@dataclass
-class Stack(Namespace):
-    port: int = 0
-    metrics_port: int = 0
-    operator: OperatorProcess | None = None
-    brokers: list[Mosquitto] = field(default_factory=list)
-    workers: list[WorkerProcess] = field(default_factory=list)
-
-    def status(self, name: str = NAME) -> dict[str, Any]:
-        result: dict[str, Any] = (self.get(MQFT, name) or {}).get("status") or {}
-        return result
-
-    def config(self, name: str = NAME) -> dict[str, Any]:
-        cm = wait_for(f"ConfigMap {name}-trigger", lambda: self.get("configmap", f"{name}-trigger"))
-        result: dict[str, Any] = json.loads(cm["data"]["config.json"])
-        return result
-
-    def start_broker(self) -> Mosquitto:
-        conf = wait_for("the rendered ConfigMap", lambda: self.get("configmap", "devices-config"))
-        admin = (ADMIN, self.secret("devices-admin"))
-        broker = from_rendered(conf["data"]["mosquitto.conf"], 1883, self.port, admin).start()
-        self.brokers.append(broker)
-        return broker
-
-    def car(self) -> tuple[str, str]:
-        """A device account that publishes battery levels and reads commands: (username, password)."""
-        if self.get(MQU, "car") is None:
-            self.apply(
-                {**META_USER, "metadata": {"name": "car"}, "spec": {"instanceRef": {"name": "devices"}}}
-            )
-            self.apply(CAR_POLICY)
-        self.wait_condition(MQU, "car", "True")
-        self.wait_condition(MQACL, "car", "True")
-        return "car", self.secret("car-credentials")
-
-    def start_worker(self, name: str = NAME, ordinal: int = 0) -> WorkerProcess:
-        """What the kubelet would run for Pod `<name>-trigger-<ordinal>`."""
-        config = self.config(name)
-        config["mqtt"] = {**config["mqtt"], "host": "127.0.0.1", "port": self.port}
-        env = {"MQTT_PASSWORD": self.secret(f"{name}-trigger-credentials")}
-        worker = WorkerProcess(
-            config, replica_id=f"{name}-trigger-{ordinal}", port=self.metrics_port, env=env
-        )
-        self.workers.append(worker.start())
-        return worker
+CAR_RULES = [
+    {"effect": "allow", "actions": ["publish"], "topics": ["vehicles/+/battery"]},
+    {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["vehicles/+/cmd"]},
+]
 
 
-META_USER = {"apiVersion": "mqtt-operator.io/v1alpha1", "kind": "AuthUser"}
-CAR_POLICY = {
-    "apiVersion": "mqtt-operator.io/v1alpha1",
-    "kind": "AclPolicy",
-    "metadata": {"name": "car"},
-    "spec": {
-        "instanceRef": {"name": "devices"},
-        "users": ["car"],
-        "rules": [
-            {"effect": "allow", "actions": ["publish"], "topics": ["vehicles/+/battery"]},
-            {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["vehicles/+/cmd"]},
-        ],
-    },
-}
+def trigger_status(stack: Stack, name: str = NAME) -> dict[str, Any]:
+    return stack.status(MQFT, name)
 
 
-def instance() -> dict[str, Any]:
-    return {
-        "apiVersion": "mqtt-operator.io/v1alpha1",
-        "kind": "MqttInstance",
-        "metadata": {"name": "devices"},
-        "spec": {
-            "listeners": {"mqtt": {"port": 1883}},
-            "authorization": {"enabled": True},
-            "persistence": {"enabled": False},
-        },
-    }
+def car_account(stack: Stack) -> tuple[str, str]:
+    """A device account that publishes battery levels and reads commands: (username, password)."""
+    return stack.device("car", CAR_RULES)
 
 
 def trigger(function: dict[str, Any], name: str = NAME, **spec: Any) -> dict[str, Any]:
@@ -179,35 +110,15 @@ def trigger(function: dict[str, Any], name: str = NAME, **spec: Any) -> dict[str
 
 
 @pytest.fixture
-def stack(crds_installed: ControlPlane, namespace: str) -> Iterator[Stack]:
-    """The operator, an MqttInstance `devices` with authorization on, and its broker running."""
-    s = Stack(crds_installed, namespace, free_port(), free_port())
-    try:
-        s.operator = OperatorProcess(
-            crds_installed,
-            (namespace,),
-            extra_args=(
-                "--broker-address",
-                f"{namespace}/devices=127.0.0.1:{s.port}",
-                "--drift-period",
-                str(DRIFT_PERIOD),
-                "--worker-image",
-                "registry.example/mqtt-operator:test",
-                "--worker-metrics-address",
-                f"{namespace}/{NAME}=127.0.0.1:{s.metrics_port}",
-            ),
-        ).start()
-        s.apply(instance())
-        s.start_broker()
-        s.wait_condition(MQI, "devices", "True", "BrokerReady")
+def metrics_port() -> int:
+    """Where the operator scrapes the trigger's worker 0 (the test starts it there)."""
+    return free_port()
+
+
+@pytest.fixture
+def stack(crds_installed: ControlPlane, namespace: str, metrics_port: int) -> Iterator[Stack]:
+    with operator_stack(crds_installed, namespace, {NAME: f"127.0.0.1:{metrics_port}"}) as s:
         yield s
-    finally:
-        for worker in s.workers:
-            worker.stop()
-        if s.operator:
-            s.operator.stop()
-        for broker in s.brokers:
-            broker.stop()
 
 
 @pytest.fixture
@@ -218,12 +129,12 @@ def function() -> Iterator[Function]:
 
 
 def counters(stack: Stack) -> dict[str, Any]:
-    result: dict[str, Any] = stack.status().get("counters") or {}
+    result: dict[str, Any] = trigger_status(stack).get("counters") or {}
     return result
 
 
 def test_trigger_builds_its_workers_and_a_real_worker_calls_the_function_and_replies(
-    stack: Stack, function: Function
+    stack: Stack, function: Function, metrics_port: int
 ) -> None:
     ns = stack.namespace
     stack.apply(
@@ -240,12 +151,12 @@ def test_trigger_builds_its_workers_and_a_real_worker_calls_the_function_and_rep
     assert "2 worker(s)" in ready["message"]
     reach = stack.wait_condition(MQFT, NAME, "True", "Reachable", type_="FunctionReachable")
     assert "operator connected" in reach["message"]
-    status = stack.status()
+    status = trigger_status(stack)
     assert status["shareGroup"] == f"{ns}.functiontrigger.{NAME}"
     assert status["connectorUser"] == f"{NAME}-trigger"
     assert status["functionUrl"] == function.url
 
-    cfg = stack.config()
+    cfg = stack.worker_config(WORKLOAD)
     assert cfg["mqtt"]["host"] == f"devices.{ns}.svc" and cfg["mqtt"]["username"] == f"{NAME}-trigger"
     fn = cfg["mqttToFunction"]
     assert fn["shareGroup"] == f"{ns}.functiontrigger.{NAME}"
@@ -287,8 +198,8 @@ def test_trigger_builds_its_workers_and_a_real_worker_calls_the_function_and_rep
     # A real worker, run as the kubelet would: a device's message reaches the function as a CloudEvent,
     # and the function's answer reaches the car.
     function.reply = b'{"command":"limit-speed"}'
-    worker = stack.start_worker()
-    admin = stack.car()
+    worker = stack.start_worker(WORKLOAD, metrics_port)
+    admin = car_account(stack)
     car = Subscriber(stack.port, "vehicles/car-7/cmd", auth=admin)
     try:
         paho_publish(stack.port, [("vehicles/car-7/battery", b'{"level":9}', {})], auth=admin)
@@ -344,11 +255,13 @@ def test_unreachable_function_makes_it_not_ready_until_it_answers(stack: Stack) 
         up.stop()
 
 
-def test_disabled_keeps_the_session_so_messages_wait_then_arrive(stack: Stack, function: Function) -> None:
+def test_disabled_keeps_the_session_so_messages_wait_then_arrive(
+    stack: Stack, function: Function, metrics_port: int
+) -> None:
     stack.apply(trigger({"url": function.url}, ordering="ordered"))
     stack.wait_condition(MQFT, NAME, "True", "Running")
-    worker = stack.start_worker()
-    admin = stack.car()
+    worker = stack.start_worker(WORKLOAD, metrics_port)
+    admin = car_account(stack)
     paho_publish(stack.port, [("vehicles/car-1/battery", b"first", {})], auth=admin)
     wait_for("the first call", lambda: len(function.calls) == 1)
 
@@ -368,7 +281,7 @@ def test_disabled_keeps_the_session_so_messages_wait_then_arrive(stack: Stack, f
     stack.patch(MQFT, NAME, {"spec": {"enabled": True}})
     stack.wait_condition(MQFT, NAME, "True", "Running")
     assert (stack.get("statefulset", f"{NAME}-trigger") or {})["spec"]["replicas"] == 1
-    stack.start_worker()  # the same Pod name: it resumes its session
+    stack.start_worker(WORKLOAD, metrics_port)  # the same Pod name: it resumes its session
     wait_for("the 20 waiting messages", lambda: len(function.calls) == 21)
     # Ordered: one worker, calls in the order the messages were published.
     bodies = [body for _, body in function.calls[1:]]
@@ -390,9 +303,12 @@ def test_function_targets_resolve_or_say_why_not(stack: Stack) -> None:
     )
     wait_for(
         "the Service's cluster address",
-        lambda: stack.status().get("functionUrl") == f"http://battery-fn.{ns}.svc:8080/invoke",
+        lambda: trigger_status(stack).get("functionUrl") == f"http://battery-fn.{ns}.svc:8080/invoke",
     )
-    assert stack.config()["mqttToFunction"]["function"]["url"] == f"http://battery-fn.{ns}.svc:8080/invoke"
+    assert (
+        stack.worker_config(WORKLOAD)["mqttToFunction"]["function"]["url"]
+        == f"http://battery-fn.{ns}.svc:8080/invoke"
+    )
 
     stack.apply(trigger({"knativeServiceRef": {"name": "battery-ksvc"}}, name="knative-alerts"))
     cond = stack.wait_condition(MQFT, "knative-alerts", "False", "KnativeNotInstalled")
