@@ -10,7 +10,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -18,8 +17,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from rocketmq import ClientConfiguration, Credentials, FilterExpression, Message, Producer, SimpleConsumer
+from rocketmq import Producer
 from test_bridge_helpers import Subscriber, WorkerProcess, no_drop_broker, paho_publish, unique, wait_for
+from tests.integration.rocketmq_clients import command, read, rocketmq_consumer, rocketmq_producer
 
 from mqtt_operator.bridge.config import BridgeConfig
 from testenv.mosquitto import Mosquitto
@@ -65,56 +65,6 @@ def topic_and_group(cluster: RocketMQ, fifo: bool = False) -> tuple[str, str]:
     return topic, group
 
 
-def _configuration(cluster: RocketMQ) -> ClientConfiguration:
-    return ClientConfiguration(cluster.endpoint, Credentials(), request_timeout=5)
-
-
-@contextmanager
-def rocketmq_consumer(cluster: RocketMQ, group: str, topic: str) -> Iterator[SimpleConsumer]:
-    consumer = SimpleConsumer(
-        _configuration(cluster), group, {topic: FilterExpression("*")}, await_duration=5
-    )
-    consumer.startup()
-    assert consumer._init_settings_event.wait(15), "the proxy never acknowledged the consumer's settings"
-    try:
-        yield consumer
-    finally:
-        consumer.shutdown()
-
-
-def read(consumer: SimpleConsumer, done: Any, timeout: float) -> list[Message]:
-    """Receive and ack until done(received) (or the timeout)."""
-    received: list[Message] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not done(received):
-        for message in consumer.receive(32, 15):
-            received.append(message)
-            consumer.ack(message)
-    return received
-
-
-@contextmanager
-def rocketmq_producer(cluster: RocketMQ, topic: str) -> Iterator[Producer]:
-    producer = Producer(_configuration(cluster), [topic])
-    producer.startup()
-    try:
-        yield producer
-    finally:
-        producer.shutdown()
-
-
-def command(topic: str, pile: str, body: dict[str, Any], fifo: bool = False) -> Message:
-    message = Message()
-    message.topic = topic
-    message.body = json.dumps(body).encode()
-    message.tag = "cmd"
-    message.keys = pile
-    message.add_property("issuer", "maintenance")
-    if fifo:
-        message.message_group = pile
-    return message
-
-
 def metric(worker: WorkerProcess, name: str, direction: str, **labels: str) -> float:
     return worker.metric(name, direction=direction, **labels)
 
@@ -125,6 +75,17 @@ def settled(worker: WorkerProcess, direction: str, count: int) -> bool:
         metric(worker, "bridge_received_total", direction) == count
         and metric(worker, "bridge_delivered_total", direction) == count
     )
+
+
+def figures_of(worker: WorkerProcess, direction: str) -> dict[str, float]:
+    """Where the worker's messages of `direction` went: delivered, failed, dead-lettered, dropped."""
+    return {
+        "delivered": metric(worker, "bridge_delivered_total", direction),
+        "permanent": metric(worker, "bridge_failed_total", direction, kind="permanent"),
+        "transient": metric(worker, "bridge_failed_total", direction, kind="transient"),
+        "deadLettered": metric(worker, "bridge_dead_lettered_total", direction),
+        "dropped": metric(worker, "bridge_dropped_total", direction),
+    }
 
 
 def test_a_piles_last_will_reaches_rocketmq_with_the_pile_id(
@@ -287,6 +248,116 @@ def test_a_missing_topic_or_group_is_named_in_readiness_until_it_exists(
         wait_for("ready once they exist", worker.ready, 60)
     finally:
         worker.stop()
+
+
+def test_commands_that_cannot_reach_a_device_go_to_the_consumer_groups_dead_letter_queue(
+    rocketmq_cluster: RocketMQ, broker: Mosquitto
+) -> None:
+    topic, group = topic_and_group(rocketmq_cluster)
+    worker = WorkerProcess(
+        config(
+            rocketmq_cluster,
+            broker,
+            rocketmqToMqtt={"topic": topic, "consumerGroup": group, "mqttTopic": "piles/{key}/cmd"},
+        )
+    ).start()
+    sub = Subscriber(broker.port, "piles/+/cmd")
+    good = [("p1", 0), ("p2", 2), ("p1", 4)]
+    # No key for {key}, and a key that would fill more than one topic level: never deliverable.
+    bad = [(None, 1), ("bay/7", 3), (None, 5)]
+    sent: dict[int, str] = {}
+    try:
+        with rocketmq_producer(rocketmq_cluster, topic) as producer:
+            for pile, seq in sorted(good + bad, key=lambda item: item[1]):
+                sent[seq] = producer.send(command(topic, pile, {"seq": seq})).message_id
+        wait_for("the good commands at the devices", lambda: len(sub.messages) >= len(good), 60)
+        wait_for(
+            "the bad ones dead-lettered",
+            lambda: (
+                metric(worker, "bridge_dead_lettered_total", DOWN) == len(bad)
+                and metric(worker, "bridge_received_total", DOWN) == len(good) + len(bad)
+                and metric(worker, "bridge_in_flight", DOWN) == 0
+            ),
+            60,
+        )
+        # Read with RocketMQ's own client, as a user would: the queue needs a consumer group of its own.
+        reader = rocketmq_cluster.new_name("dlq-reader")
+        rocketmq_cluster.create_group(reader)
+        with rocketmq_consumer(rocketmq_cluster, reader, f"%DLQ%{group}") as consumer:
+            dead = read(consumer, lambda got: len(got) >= len(bad), timeout=60)
+        figures = figures_of(worker, DOWN)
+        log = worker.log()
+    finally:
+        sub.close()
+        worker.stop()
+    assert sorted(json.loads(payload)["seq"] for _, payload, *_ in sub.messages) == [0, 2, 4]
+    by_seq = {json.loads(m.body)["seq"]: m for m in dead}
+    assert sorted(by_seq) == [1, 3, 5], [m.body for m in dead]
+    # The message as it was sent: body, tag, keys, properties; its message id survives the forward.
+    assert (by_seq[1].keys, by_seq[3].keys, by_seq[5].keys) == (set(), {"bay/7"}, set())
+    assert all(m.tag == "cmd" and m.properties["issuer"] == "maintenance" for m in dead)
+    assert {seq: m.message_id for seq, m in by_seq.items()} == {seq: sent[seq] for seq in (1, 3, 5)}
+    assert figures == {"delivered": 3, "permanent": 3, "transient": 0, "deadLettered": 3, "dropped": 0}
+    # The acknowledgement after a forward is answered OK, and a forwarded message is not renewed.
+    assert "acknowledgement failed" not in log and "could not extend" not in log, log[-3000:]
+    assert "messages dead-lettered" in log and "the message has no key" in log
+
+
+def test_status_messages_rocketmq_refuses_go_to_the_mqtt_dead_letter_topic(
+    rocketmq_cluster: RocketMQ, broker: Mosquitto
+) -> None:
+    topic, read_group = topic_and_group(rocketmq_cluster)
+    dead_letter = unique("piles-dead-letter")
+    worker = WorkerProcess(
+        config(
+            rocketmq_cluster,
+            broker,
+            mqttToRocketmq={
+                "topicFilters": ["piles/+/status"],
+                "shareGroup": unique("status"),
+                "topic": topic,
+                "clientIdTopicLevel": 1,
+                "deadLetterTopic": dead_letter,
+            },
+        )
+    ).start()
+    sub = Subscriber(broker.port, dead_letter)
+    # Over RocketMQ's 4 MiB body limit: the mapping refuses it. 200 user properties: the proxy refuses
+    # the message (MESSAGE_PROPERTIES_TOO_LARGE, more than 128).
+    too_large = b"x" * (4 * 1024 * 1024 + 1)
+    many = [(f"p{i}", "v") for i in range(200)]
+    try:
+        paho_publish(
+            broker.port,
+            [
+                ("piles/p1/status", b"ok", {}),
+                ("piles/p2/status", too_large, {}),
+                ("piles/p3/status", b"many properties", {"user_properties": many}),
+            ],
+        )
+        wait_for("two dead letters", lambda: len(sub.messages) >= 2, 60)
+        with rocketmq_consumer(rocketmq_cluster, read_group, topic) as consumer:
+            got = read(consumer, lambda got: len(got) >= 1, timeout=60)
+        wait_for("the worker's figures", lambda: metric(worker, "bridge_in_flight", UP) == 0, 15)
+        figures = figures_of(worker, UP)
+    finally:
+        sub.close()
+        worker.stop()
+    assert [m.body for m in got] == [b"ok"]
+    by_source = {
+        dict(props)["sourceTopic"]: (topic_name, payload, qos, props)
+        for topic_name, payload, qos, _, props in sub.messages
+    }
+    assert sorted(by_source) == ["piles/p2/status", "piles/p3/status"]
+    topic_name, payload, qos, props = by_source["piles/p2/status"]
+    assert (topic_name, payload, qos) == (dead_letter, too_large, 1)
+    assert "over RocketMQ's body limit" in dict(props)["reason"]
+    _, payload, _, props = by_source["piles/p3/status"]
+    assert payload == b"many properties"
+    assert "MESSAGE_PROPERTIES_TOO_LARGE" in dict(props)["reason"]
+    # reason and sourceTopic come first, then the message's own user properties.
+    assert [name for name, _ in props[:2]] == ["reason", "sourceTopic"] and props[2:] == many
+    assert figures == {"delivered": 1, "permanent": 2, "transient": 0, "deadLettered": 2, "dropped": 0}
 
 
 def test_a_proxy_outage_loses_nothing_shows_in_the_figures_and_heals(

@@ -507,6 +507,7 @@ BAD = [
         "replicationtask",
         {
             "spec.source": {"rocketmq": RMQ_SOURCE},
+            "spec.deadLetter": DELETE,
             "spec.source.rocketmq.consumerGroup": DELETE,
             "spec.target": {"mqtt": MQTT_TARGET},
         },
@@ -518,6 +519,7 @@ BAD = [
         "replicationtask",
         {
             "spec.source": {"rocketmq": RMQ_SOURCE},
+            "spec.deadLetter": DELETE,
             "spec.target": {"mqtt": {**MQTT_TARGET, "topic": "piles/+/cmd"}},
         },
         "spec.target.mqtt.topic",
@@ -528,6 +530,7 @@ BAD = [
         "replicationtask",
         {
             "spec.source": {"rocketmq": RMQ_SOURCE},
+            "spec.deadLetter": DELETE,
             "spec.target": {"mqtt": {**MQTT_TARGET, "topic": "piles/{device}/cmd"}},
         },
         "spec.target.mqtt.topic",
@@ -546,6 +549,27 @@ BAD = [
         {"spec.target.rocketmq.ordered": True, "spec.target.rocketmq.keys": {"from": "none"}},
         "spec.target.rocketmq.ordered",
         ["needs keys"],
+    ),
+    Bad(
+        "mqrt-dead-letter-wildcard",
+        "replicationtask",
+        {"spec.deadLetter.mqttTopic": "piles/+/dead-letter"},
+        "spec.deadLetter.mqttTopic",
+        ["cannot contain the wildcards"],
+    ),
+    Bad(
+        "mqrt-dead-letter-reserved",
+        "replicationtask",
+        {"spec.deadLetter.mqttTopic": "$SYS/dead-letter"},
+        "spec.deadLetter.mqttTopic",
+        ["reserved by the broker"],
+    ),
+    Bad(
+        "mqrt-dead-letter-rocketmq-source",
+        "replicationtask",
+        {"spec.source": {"rocketmq": RMQ_SOURCE}, "spec.target": {"mqtt": MQTT_TARGET}},
+        "spec.deadLetter",
+        ["deadLetter is for an MQTT source only", "%DLQ%<consumerGroup>"],
     ),
     Bad(
         "mqrt-rocketmq-topic",
@@ -780,6 +804,7 @@ GOOD = [
                 }
             },
             "spec.target": {"mqtt": {**MQTT_TARGET, "topic": "piles/{key}/cmd/{property.kind}"}},
+            "spec.deadLetter": DELETE,
         },
     ),
     (
@@ -911,8 +936,10 @@ def test_replication_task_edits_only_while_paused(crds_installed: ControlPlane, 
         {"spec.state": "paused", "spec.source.mqtt.topicFilters": ["piles/+/will", "piles/+/fault"]},
     )
     assert proc.returncode != 0 and refused in proc.stderr, proc.stderr
-    # Fields other than source/target stay editable while running.
+    # Fields other than source/target stay editable while running, the dead letter among them.
     assert replace(cp, "ReplicationTask", name, namespace, {"spec.replicas": 2}).returncode == 0
+    edited = {"spec.deadLetter.mqttTopic": "piles/faults/dead-letter"}
+    assert replace(cp, "ReplicationTask", name, namespace, edited).returncode == 0
 
     assert replace(cp, "ReplicationTask", name, namespace, {"spec.state": "paused"}).returncode == 0
     proc = replace(

@@ -282,5 +282,8 @@ def test_status_counts_what_real_workers_moved(
             assert latency["p50Ms"] > 0 and latency["p99Ms"] >= latency["p50Ms"], status
             assert status["lastSyncTime"], status
         assert stack.status(MQRT, "wills")["failed"] == 0
-        # Each keyless command is one delivery that failed for good (RocketMQ is never unreachable here).
+        # Each keyless command failed for good once (RocketMQ is never unreachable here) and went to the
+        # consumer group's dead-letter queue.
+        wait_for("the dead letters", lambda: stack.status(MQRT, "cmds").get("deadLettered") == KEYLESS)
         assert stack.status(MQRT, "cmds")["failed"] == KEYLESS
+        assert stack.status(MQRT, "wills")["deadLettered"] == 0

@@ -111,3 +111,26 @@ def test_rules_are_exactly_what_the_route_needs() -> None:
     assert replication_rules(downlink()) == [
         {"effect": "allow", "actions": ["publish"], "topics": ["piles/+/cmd"]}
     ]
+
+
+def test_an_uplinks_dead_letter_topic_is_in_its_config_and_may_be_published_to() -> None:
+    spec = uplink(deadLetter={"mqttTopic": "piles/dead-letter"})
+    up = replication_config(NAMES, spec, BROKER, "wills-replication").mqtt_to_rocketmq
+    assert up is not None and up.dead_letter_topic == "piles/dead-letter"
+    assert replication_rules(spec) == [
+        {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["piles/+/will"]},
+        {"effect": "allow", "actions": ["publish"], "topics": ["piles/dead-letter"]},
+    ]
+    without = replication_config(NAMES, uplink(), BROKER, None).mqtt_to_rocketmq
+    assert without is not None and without.dead_letter_topic is None
+
+
+def test_a_rocketmq_source_takes_no_dead_letter_topic() -> None:
+    with pytest.raises(ValidationError, match="deadLetter is for an MQTT source only"):
+        ReplicationTaskSpec.model_validate(
+            {
+                "source": {"rocketmq": {**RMQ, "consumerGroup": "g"}},
+                "target": {"mqtt": {"instanceRef": {"name": "devices"}, "topic": "piles/{key}/cmd"}},
+                "deadLetter": {"mqttTopic": "piles/dead-letter"},
+            }
+        )

@@ -8,6 +8,12 @@ from pydantic import Field, model_validator
 
 from mqtt_operator.api.base import LocalObjectRef, Model
 
+# The CRD's CEL rule says the same.
+DEAD_LETTER_NEEDS_MQTT_SOURCE = (
+    "deadLetter is for an MQTT source only: messages from RocketMQ that cannot be delivered go to the "
+    "consumer group's dead-letter queue %DLQ%<consumerGroup>; remove deadLetter"
+)
+
 
 class RocketMQCredentials(Model):
     name: str
@@ -63,10 +69,17 @@ class Target(Model):
     rocketmq: RocketMQTarget | None = None
 
 
+class DeadLetter(Model):
+    mqtt_topic: str
+
+
 class ReplicationTaskSpec(Model):
     display_name: str | None = None
     source: Source
     target: Target
+    # MQTT source only: messages RocketMQ can never take are published there. A RocketMQ source
+    # dead-letters into its consumer group's own queue, %DLQ%<consumerGroup>.
+    dead_letter: DeadLetter | None = None
     state: Literal["running", "paused"] = "running"
     replicas: int = 1
     resources: dict[str, Any] | None = None
@@ -87,6 +100,8 @@ class ReplicationTaskSpec(Model):
                 "one side must be MQTT and the other RocketMQ: source.mqtt with target.rocketmq, "
                 "or source.rocketmq with target.mqtt"
             )
+        if self.dead_letter is not None and self.source.mqtt is None:
+            raise ValueError(DEAD_LETTER_NEEDS_MQTT_SOURCE)
         return self
 
     @property

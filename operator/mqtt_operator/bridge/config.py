@@ -149,6 +149,8 @@ class MqttToRocketMQ(ConfigModel):
     ordered: bool = False
     client_id_topic_level: int | None = None
     client_id_property: str = "clientId"
+    # An MQTT topic: messages RocketMQ can never take are published there (`mqtt_dead_letter.py`).
+    dead_letter_topic: str | None = None
 
 
 class RocketMQToMqtt(ConfigModel):

@@ -1,13 +1,15 @@
 """The MQTT dead letter: messages that can never be delivered are published to an MQTT topic.
 
-Used by the FunctionTrigger worker (`deadLetterTopic` is an MQTT topic there). Each message is
-published at QoS 1, not retained, with its original payload, content type and correlation data,
-and these MQTT 5 user properties before its own: `reason` (a sentence), `statusCode` (the
-function's last HTTP status, when there was one) and `sourceTopic`. Transient publish failures
-(the publisher not connected, a PUBACK that never came) are retried until the broker answers.
-Only when no dead-letter topic is configured, or the broker refuses the dead-letter publish itself
-(not authorized, packet too large), is a message dropped: logged with its reason and counted in
-`bridge_dropped_total`, never silently.
+Used by the pipelines whose source is MQTT and whose target cannot hold a dead letter of its own:
+the FunctionTrigger worker (`mqttToFunction.deadLetterTopic`) and a ReplicationTask's MQTT -> RocketMQ
+route (`mqttToRocketmq.deadLetterTopic`; RocketMQ's dead-letter queues belong to consumer groups,
+which an MQTT source has none of). Each message is published at QoS 1, not retained, with its
+original payload, content type and correlation data, and these MQTT 5 user properties before its
+own: `reason` (a sentence), `statusCode` (the function's last HTTP status, when there was one) and
+`sourceTopic`. Transient publish failures (the publisher not connected, a PUBACK that never came)
+are retried until the broker answers. Only when no dead-letter topic is configured, or the broker
+refuses the dead-letter publish itself (not authorized, packet too large), is a message dropped:
+logged with its reason and counted in `bridge_dropped_total`, never silently.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ channel, awaiting the client's futures through `asyncio.wrap_future`:
   one batch in one queue, all with the first one's born timestamp). FIFO messages go one per
   request: the proxy picks the queue by message group only for a single message.
 - `RocketMQConsumer.receive()`: a long-polling ReceiveMessage of up to 32 messages (the proxy's cap);
-  `ack()`: one AckMessage with many entries; `change_invisible()`: more time for a held message.
+  `ack()`: one AckMessage with many entries; `change_invisible()`: more time for a held message;
+  `forward_to_dead_letter()`: one message to the group's dead-letter queue (`%DLQ%<group>`).
 
 Answers are judged by `classify()`: `ok`, `transient` (retry: timeouts, the proxy unreachable,
 throttling), `route` (the route itself is wrong: missing topic or group, refused credentials, a
@@ -25,6 +26,10 @@ What RocketMQ 5.5.0 was seen to do (docs/bridge.md, RocketMQ):
   them at once, and the producer once sends work again. Sends need no settings.
 - A consumer group that does not exist is refused on the telemetry stream, which the client only
   logs ("group not found: NAME"): the log filter keeps that refusal for the consumer to report.
+- ForwardMessageToDeadLetterQueue creates `%DLQ%<group>` on the first forward (topic auto-creation
+  off), readable with a consumer group of its own; the message keeps body, tag, keys and properties.
+  The proxy settles the forwarded message (it does not come again unacknowledged) and answers a
+  later AckMessage of it OK. Forwarding the same receipt handle twice writes the message twice.
 - A gRPC channel reconnects by itself, with gRPC's backoff: the first send works 4-8 s after the
   proxy is back.
 - Importing the client configures logging (replacing every handler of the process) and creates
@@ -731,3 +736,27 @@ class RocketMQConsumer(_Connection):
             msg.receipt_handle = res.receipt_handle
             msg.deadline = started + invisible_s
         return status
+
+    async def forward_to_dead_letter(self, msg: RocketMQMessage) -> Status:
+        """ForwardMessageToDeadLetterQueue: `msg` goes to the group's dead-letter queue, `%DLQ%<group>`."""
+        client = self.client
+        if client is None or self.endpoints is None:
+            return Status("transient", "not connected to RocketMQ")
+        req = self._pb.ForwardMessageToDeadLetterQueueRequest()
+        req.group.name = self.group
+        req.topic.name = self.topic
+        req.receipt_handle = msg.receipt_handle
+        req.message_id = msg.message_id
+        req.delivery_attempt = msg.attempt
+        # The broker sends a message back for another attempt while fewer than this were made: the
+        # attempt made so far is the last one, so the message goes straight to the dead-letter queue.
+        req.max_delivery_attempts = msg.attempt
+        try:
+            res = await self._call(
+                client.rpc_client.forward_message_to_dead_letter_queue_async(
+                    self.endpoints, req, metadata=client.sign(), timeout=REQUEST_TIMEOUT_S
+                )
+            )
+        except Exception as err:  # grpc.aio.AioRpcError and the client's own errors
+            return self.note(rpc_error(err))
+        return classify(res.status.code, res.status.message, topic=self.topic, group=self.group)

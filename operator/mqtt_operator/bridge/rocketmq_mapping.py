@@ -16,12 +16,12 @@ RocketMQ 5.5.0, docs/bridge.md):
 - a user property named like one of RocketMQ's system properties (refused): `mqtt.user.<name>`;
 - control characters in property names and values or in keys (refused): written as `\\uXXXX`;
 - a message group longer than 63 bytes (refused): `sha1-<hex digest of the key>`;
-- a payload over 4 MiB (RocketMQ's body limit): rejected (counted and logged as failed).
+- a payload over 4 MiB (RocketMQ's body limit): rejected (counted as failed, dead-lettered).
 
 RocketMQ -> MQTT (`FromRocketMQ`, `rocketmqToMqtt`): the MQTT topic from the `mqttTopic` template
 over the message ({key}: its first key, {tag}, {messageId}, {property.NAME}); each placeholder fills
 exactly one topic level, so a value that is empty or holds '/', '+', '#' or NUL is refused (the
-message fails, is counted and logged, and is acknowledged: a ReplicationTask has no dead letter).
+message fails and goes to the consumer group's dead-letter queue, `rocketmq_dead_letter.py`).
 QoS and retain come from the spec, the body is the payload and the user properties become MQTT 5
 user properties.
 """

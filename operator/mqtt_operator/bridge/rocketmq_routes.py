@@ -5,10 +5,14 @@
 - `rocketmq_to_mqtt`: the RocketMQ source (consumer group), the `FromRocketMQ` mapping and the MQTT
   sink (publisher).
 
-A ReplicationTask has no dead letter. A message that can never be delivered (a payload over
-RocketMQ's limit or properties it refuses, a topic template the message cannot fill, a publish the
-broker refuses) is logged with its reason, counted in `bridge_failed_total{kind="permanent"}` and
-`bridge_dropped_total`, and acknowledged, so the stream goes on behind it.
+Messages that can never be delivered go to a dead letter, with their reason:
+- `mqtt_to_rocketmq` (a payload over RocketMQ's limit, properties it refuses): the MQTT topic
+  `deadLetterTopic` when the task has one (`mqtt_dead_letter.py`, published by the worker's
+  publisher); without one they are logged with their reason and counted in `bridge_dropped_total`.
+- `rocketmq_to_mqtt` (a topic template the message cannot fill, a publish the broker refuses):
+  the consumer group's own dead-letter queue, `%DLQ%<consumerGroup>` (`rocketmq_dead_letter.py`).
+Each is counted in `bridge_failed_total{kind="permanent"}` first, and acknowledged once it is
+dead-lettered (or dropped), so the stream goes on behind it.
 
 The worker (`worker.py`) starts, probes and closes the RocketMQ clients through this object; the
 MQTT source and publisher it hands over are started and closed with the worker's own.
@@ -26,9 +30,11 @@ from mqtt_operator.bridge.config import BridgeConfig
 from mqtt_operator.bridge.mapping import MqttPublish, Reject
 from mqtt_operator.bridge.metrics import Metrics
 from mqtt_operator.bridge.mqtt5 import Message
+from mqtt_operator.bridge.mqtt_dead_letter import MqttDeadLetters
 from mqtt_operator.bridge.mqtt_sink import MqttSink
 from mqtt_operator.bridge.mqtt_source import MqttSource
 from mqtt_operator.bridge.pipeline import Pipeline
+from mqtt_operator.bridge.rocketmq_dead_letter import RocketMQDeadLetters
 from mqtt_operator.bridge.rocketmq_mapping import FromRocketMQ, RocketMQMessage, RocketMQRecord, ToRocketMQ
 from mqtt_operator.bridge.rocketmq_sink import RocketMQSink
 from mqtt_operator.bridge.rocketmq_source import RocketMQSource
@@ -40,43 +46,6 @@ DOWN = "rocketmq_to_mqtt"
 
 M = TypeVar("M")
 R = TypeVar("R")
-
-
-def _describe_mqtt(msg: Message) -> dict[str, object]:
-    return {"mqtt_topic": msg.topic, "bytes": len(msg.payload), "packet_id": msg.packet_id}
-
-
-def _describe_rocketmq(msg: RocketMQMessage) -> dict[str, object]:
-    return {
-        "message_id": msg.message_id,
-        "keys": list(msg.keys),
-        "tag": msg.tag,
-        "bytes": len(msg.body),
-        "attempt": msg.attempt,
-    }
-
-
-class DropDeadLetters(Generic[M]):
-    """No dead letter: undeliverable messages are logged and counted as dropped (then acknowledged)."""
-
-    def __init__(self, direction: str, describe: Callable[[M], dict[str, object]], metrics: Metrics) -> None:
-        self.direction = direction
-        self.describe = describe
-        self._dropped = metrics.dropped.labels(direction=direction)
-
-    async def send(self, items: list[tuple[M, str]]) -> None:
-        self._dropped.inc(len(items))
-        first, reason = items[0]
-        log.error(
-            "undeliverable messages dropped (a ReplicationTask has no dead letter)",
-            extra={
-                "direction": self.direction,
-                "count": len(items),
-                "reason": str(reason),
-                "reasons": sorted({str(r) for _, r in items})[:5],
-                **self.describe(first),
-            },
-        )
 
 
 class CountRejects(Generic[M, R]):
@@ -117,12 +86,14 @@ class RocketMQRoutes:
                 config.mqtt, client_id=client_id, share_group=up.share_group, topic_filters=up.topic_filters
             )
             self.sink = RocketMQSink(endpoint, up.topic, ordered=up.ordered)
+            if up.dead_letter_topic is not None and self.mqtt_sink is None:
+                self.mqtt_sink = MqttSink(config.mqtt, client_id=f"{client_id}-pub")
             uplink: Pipeline[Message, RocketMQRecord] = Pipeline(
                 UP,
                 self.mqtt_source,
                 CountRejects(ToRocketMQ(up), UP, metrics),
                 self.sink,
-                DropDeadLetters(UP, _describe_mqtt, metrics),
+                MqttDeadLetters(UP, self.mqtt_sink, up.dead_letter_topic, metrics),
                 metrics,
                 max_batches=1 if up.ordered else 4,
             )
@@ -137,7 +108,7 @@ class RocketMQRoutes:
                 self.source,
                 CountRejects(FromRocketMQ(down), DOWN, metrics),
                 self.mqtt_sink,
-                DropDeadLetters(DOWN, _describe_rocketmq, metrics),
+                RocketMQDeadLetters(DOWN, self.source, metrics),
                 metrics,
                 max_batches=1 if down.ordered else 4,
             )

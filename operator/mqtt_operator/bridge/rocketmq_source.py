@@ -233,7 +233,25 @@ class RocketMQSource:
     def _retryable(self, msg: RocketMQMessage, status: Status) -> bool:
         if status.kind != "transient" or status.code == "INVALID_RECEIPT_HANDLE":
             return False
+        return self.still_invisible(msg)
+
+    def still_invisible(self, msg: RocketMQMessage) -> bool:
+        """`msg`'s receipt handle still works: it is invisible to the group for more than a second."""
         return msg.deadline - time.monotonic() > 1.0 and not self._closing
+
+    async def forward_to_dead_letter(self, msg: RocketMQMessage) -> Status:
+        """Move `msg` to its consumer group's dead-letter queue (`%DLQ%<group>`).
+
+        The proxy settles a forwarded message itself (RocketMQ 5.5.0: one forwarded and never
+        acknowledged did not come again), so it is no longer held: not renewed, and it leaves room.
+        It is still acknowledged when the pipeline settles its batch, which the proxy answers OK; that
+        ack is kept for a proxy that would not settle it.
+        """
+        status = await self.consumer.forward_to_dead_letter(msg)
+        if status.kind == "ok":
+            self._held.pop(msg, None)
+            self._update_room()
+        return status
 
     def origin(self, item: RocketMQMessage) -> float:
         return item.born

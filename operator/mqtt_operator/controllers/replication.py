@@ -184,9 +184,9 @@ async def collect_figures(
     book: CounterBook,
     windows: LatencyWindows,
 ) -> dict[str, Any]:
-    """consumed / delivered / failed (summed since the task was created), the latency of the messages
-    delivered since the last collection, lastSyncTime when messages were delivered meanwhile, replicas.
-    Only fields that should be written."""
+    """consumed / delivered / failed / deadLettered (summed since the task was created), the latency of
+    the messages delivered since the last collection, lastSyncTime when messages were delivered
+    meanwhile, replicas. Only fields that should be written."""
     identity = OwnerIdentity.from_body(body)
     names = names_of(body)
     key = (names.namespace, names.name, identity.uid)

@@ -47,10 +47,14 @@ def replication_pod(names: WorkerNames, spec: ReplicationTaskSpec) -> WorkerPod:
 
 
 def replication_rules(spec: ReplicationTaskSpec) -> list[dict[str, Any]]:
-    """MQTT source: subscribe + receive on its filters (and their `$share/+/...` form); MQTT target:
-    publish on every topic its template can produce."""
+    """MQTT source: subscribe + receive on its filters (and their `$share/+/...` form), and publish on
+    the dead-letter topic when there is one; MQTT target: publish on every topic its template can
+    produce."""
     if spec.source.mqtt is not None:
-        return allow_rules(["subscribe", "receive"], spec.source.mqtt.topic_filters)
+        rules = allow_rules(["subscribe", "receive"], spec.source.mqtt.topic_filters)
+        if spec.dead_letter is not None:
+            rules += allow_rules(["publish"], [spec.dead_letter.mqtt_topic])
+        return rules
     assert spec.target.mqtt is not None
     return allow_rules(["publish"], [publish_filter(spec.target.mqtt.topic)])
 
@@ -70,6 +74,7 @@ def replication_config(
             tag=target.tag,
             key=KeySpec(source=target.keys.source, path=target.keys.path),
             ordered=target.ordered,
+            dead_letter_topic=spec.dead_letter.mqtt_topic if spec.dead_letter else None,
         )
     if spec.source.rocketmq is not None and spec.target.mqtt is not None:
         source, mqtt = spec.source.rocketmq, spec.target.mqtt

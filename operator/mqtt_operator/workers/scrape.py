@@ -45,11 +45,13 @@ FUNCTION_METRICS: Mapping[str, Series] = {
     "deadLettered": Series("bridge_dead_lettered_total"),
 }
 # A ReplicationTask's (top-level status fields): failed counts every failed attempt, transient ones
-# included, so an outage of RocketMQ shows in it while nothing is lost.
+# included, so an outage of RocketMQ shows in it while nothing is lost; deadLettered the messages
+# sent to the dead letter (the MQTT topic, or the consumer group's %DLQ% queue).
 REPLICATION_METRICS: Mapping[str, Series] = {
     "consumed": Series("bridge_received_total"),
     "delivered": Series("bridge_delivered_total"),
     "failed": Series("bridge_failed_total"),
+    "deadLettered": Series("bridge_dead_lettered_total"),
 }
 LATENCY_HISTOGRAM = "bridge_end_to_end_latency_seconds_bucket"
 # A gauge, not a counter: how many workers reach the function now (kept out of status.counters).
