@@ -194,6 +194,15 @@ class RocketMQ:
                     "waitTimeMillsInSendQueue=2000",
                     # Writes are refused above this disk usage (the default 90 trips on full CI disks).
                     "diskSpaceWarningLevelRatio=95",
+                    # Pop consumers (the worker's receives): keep each receive's checkpoint in memory
+                    # and match the acks there, instead of writing a record for each to the revive
+                    # topic and scanning it back. Warm runs at 1,000 msg/s: p99 send -> received
+                    # 38-57 ms with these, 50-187 ms without (docs/resources/replicationtask.md,
+                    # "Running RocketMQ for it").
+                    # Unacknowledged messages still come again: a checkpoint not acknowledged in
+                    # time is written out, and a crash loses no offset (commits wait for acks).
+                    "enablePopBufferMerge=true",
+                    "enablePopBatchAck=true",
                     *(f"{key}={value}" for key, value in self.broker_config.items()),
                     "",
                 ]
