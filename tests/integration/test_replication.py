@@ -246,6 +246,9 @@ def test_status_counts_what_real_workers_moved(
         for name in ports:
             stack.wait_condition(MQRT, name, "True", "Running")
             stack.start_worker(f"{name}-replication", ports[name])
+        # The latency is a window between two scrapes: the first one (nothing moved yet) is its start.
+        for name in ports:
+            wait_for(f"{name}: a first scrape", lambda n=name: stack.status(MQRT, n).get("consumed") == 0)
 
         # Uplink: every will reaches the RocketMQ topic.
         wills_sent = [(f"piles/p{i}/will", b'{"errorCode":"E-%d"}' % i, {}) for i in range(WILLS)]
