@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from aiohttp import web  # noqa: E402
 
-from bench.common import cpu_seconds, peak_rss_mib, record  # noqa: E402
+from bench.common import drain, record  # noqa: E402
 
 FN = "mqtt_to_function"
 PAYLOAD = 256
@@ -219,32 +219,6 @@ def trigger_config(
     return config
 
 
-def drain(worker: Any, total: int, warmup: int) -> dict[str, float]:
-    """Time the worker from `warmup` confirmed events to `total`; its CPU over that window."""
-    pid = worker.server.proc.pid
-
-    def delivered() -> float:
-        return float(worker.metric("bridge_delivered_total", direction=FN))
-
-    deadline = time.monotonic() + 600
-    while delivered() < warmup:
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.02)
-    t0, d0, c0 = time.monotonic(), delivered(), cpu_seconds(pid)
-    while (d := delivered()) < total:
-        assert time.monotonic() < deadline, f"stuck at {d} of {total}"
-        time.sleep(0.1)
-    t1, c1 = time.monotonic(), cpu_seconds(pid)
-    n = d - d0
-    return {
-        "rate": n / (t1 - t0),
-        "cpu_us": (c1 - c0) / n * 1e6,
-        "seconds": t1 - t0,
-        "rss": peak_rss_mib(pid),
-        "calls": worker.metric("bridge_function_calls_total"),
-    }
-
-
 def main() -> None:
     from test_bridge_helpers import NO_DROP_CONF, WorkerProcess
 
@@ -265,7 +239,10 @@ def main() -> None:
             w.terminate()  # the session now exists and collects what is published next
             preload(broker.port, run["count"])
             w.start(wait_ready=False)
-            results[run["name"]] = drain(w, run["count"], run["warmup"])
+            results[run["name"]] = {
+                **drain(w, FN, run["count"], run["warmup"]),
+                "calls": w.metric("bridge_function_calls_total"),
+            }
             w.terminate()
             print(f"{run['name']}: {results[run['name']]}", flush=True)
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 from test_bridge_helpers import NO_DROP_CONF, WorkerProcess, unique  # noqa: E402
 
 from bench.bench_bridge import preload  # noqa: E402
-from bench.common import cpu_seconds, peak_rss_mib, record  # noqa: E402
+from bench.common import drain, record  # noqa: E402
 from mqtt_operator.bridge.config import RocketMQEndpoint  # noqa: E402
 from mqtt_operator.bridge.mqtt5 import Message  # noqa: E402
 from mqtt_operator.bridge.mqtt_client import MqttConnection, open_connection  # noqa: E402
@@ -108,35 +108,6 @@ def uplink(topic: str, group: str) -> dict[str, Any]:
 
 def downlink(topic: str, group: str) -> dict[str, Any]:
     return {"rocketmqToMqtt": {"topic": topic, "consumerGroup": group, "mqttTopic": "devices/{key}/cmd"}}
-
-
-def drain(worker: WorkerProcess, direction: str, total: int) -> dict[str, float]:
-    """Time the worker from WARMUP confirmed messages to `total`; its CPU over that window."""
-    assert worker.server is not None and worker.server.proc is not None
-    pid = worker.server.proc.pid
-
-    def delivered() -> float:
-        return worker.metric("bridge_delivered_total", direction=direction)
-
-    deadline = time.monotonic() + 600
-    while delivered() < WARMUP:
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.02)
-    t0, d0, c0 = time.monotonic(), delivered(), cpu_seconds(pid)
-    while (d := delivered()) < total:
-        assert time.monotonic() < deadline, f"stuck at {d} of {total}"
-        time.sleep(0.1)
-    t1, c1 = time.monotonic(), cpu_seconds(pid)
-    n = d - d0
-    return {
-        "rate": n / (t1 - t0),
-        "cpu_us": (c1 - c0) / n * 1e6,
-        "seconds": t1 - t0,
-        "rss": peak_rss_mib(pid),
-    }
-
-
-# --- RocketMQ producers and consumers (the worker's own client, in separate processes) -------------
 
 
 async def _fill(endpoint: str, topic: str, start: int, count: int) -> None:
@@ -288,7 +259,7 @@ def uplink_throughput(cluster: RocketMQ, broker: Mosquitto) -> dict[str, float]:
         w.start().terminate()  # the session now exists and collects what is published next
         preload(broker.port, UP_COUNT)
         w.start(wait_ready=False)
-        up = drain(w, UP, UP_COUNT)
+        up = drain(w, UP, UP_COUNT, WARMUP)
     finally:
         w.stop()
     print(f"mqtt -> rocketmq: {up}")
@@ -309,7 +280,7 @@ def downlink_throughput(cluster: RocketMQ, broker: Mosquitto) -> dict[str, float
     d = WorkerProcess(worker_config(broker, cluster, **downlink(topic, group)), replica_id="down")
     try:
         d.start(wait_ready=False)
-        down = drain(d, DOWN, DOWN_COUNT)
+        down = drain(d, DOWN, DOWN_COUNT, WARMUP)
     finally:
         d.stop()
         sub.terminate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,29 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def drain(worker: Any, direction: str, total: int, warmup: int) -> dict[str, float]:
+    """Time one worker process (a tests' WorkerProcess) from `warmup` confirmed messages of `direction`
+    to `total`: rate, CPU per message, seconds and peak RSS over that window."""
+    pid = worker.server.proc.pid
+
+    def delivered() -> float:
+        return float(worker.metric("bridge_delivered_total", direction=direction))
+
+    deadline = time.monotonic() + 600
+    while delivered() < warmup:
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.02)
+    t0, d0, c0 = time.monotonic(), delivered(), cpu_seconds(pid)
+    while (d := delivered()) < total:
+        assert time.monotonic() < deadline, f"stuck at {d} of {total}"
+        time.sleep(0.1)
+    t1, c1 = time.monotonic(), cpu_seconds(pid)
+    n = d - d0
+    return {
+        "rate": n / (t1 - t0),
+        "cpu_us": (c1 - c0) / n * 1e6,
+        "seconds": t1 - t0,
+        "rss": peak_rss_mib(pid),
+    }
