@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export TESTENV_DIR ?= $(CURDIR)/.testenv
 PYTEST_ARGS ?=
 
-.PHONY: help venv testenv test test-unit lint dev crds chart bench e2e image clean
+.PHONY: help venv testenv test test-unit lint dev crds chart bench e2e image images clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,15 +27,15 @@ testenv: ## Install the real test environment (kube-apiserver, etcd, kubectl, he
 	bash hack/testenv/install-rocketmq.sh
 	bash hack/testenv/build-go-tools.sh all
 
-test: venv testenv chart-check ## Install what is missing, then run every test (unit, integration, e2e)
+test: venv testenv chart-check images ## Install what is missing, then run every test (unit, integration, e2e)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv ## Only the pure unit tests (no components)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv ## ruff and mypy (strict on the package)
-	$(VENV)/bin/ruff check operator tests testenv hack bench devcluster e2e
-	$(VENV)/bin/ruff format --check operator tests testenv hack bench devcluster e2e
+	$(VENV)/bin/ruff check operator tests testenv hack bench devcluster e2e images
+	$(VENV)/bin/ruff format --check operator tests testenv hack bench devcluster e2e images
 	$(VENV)/bin/mypy
 
 dev: venv testenv ## The local cluster (API server, Kafka, Pods as local processes) and the operator; Ctrl-C stops all
@@ -60,6 +60,9 @@ chart-check: venv
 
 image: ## Build the one image (operator and bridge workers)
 	docker build -t mqtt-operator:dev .
+
+images: ## Build the cluster's images without Docker (buildah) into $(TESTENV_DIR)/images; only what changed
+	bash hack/images/build.sh
 
 clean: ## Remove the venv and the test environment cache
 	rm -rf $(VENV) $(TESTENV_DIR)
