@@ -55,12 +55,13 @@ DPKG_EXCLUDES=(
 base_ref() { echo "docker.io/library/debian:$1-slim"; }
 
 # Everything that decides what the base image holds, as text: its hash is the base's inputs.
-# Without it apt satisfies bookworm's init-system-helpers with usrmerge, which pulls in perl (45 MB).
-base_includes() { [ "$1" = bookworm ] && echo usr-is-merged; return 0; }
+# Merged /usr set up the way debootstrap does it: otherwise bookworm's init-system-helpers pulls in
+# usrmerge, and with it perl (45 MB).
+MERGED_USR_HOOK=/usr/share/mmdebstrap/hooks/maybe-merged-usr
 
 base_recipe() {
   local suite="$1"
-  echo "mmdebstrap --variant=minbase $suite include $(base_includes "$suite")"
+  echo "mmdebstrap --variant=minbase --hook-dir=$MERGED_USR_HOOK $suite"
   printf 'dpkg-opt %s\n' "${DPKG_EXCLUDES[@]}"
   base_sources "$suite"
 }
@@ -85,9 +86,12 @@ build_base() {
   while IFS= read -r line; do sources+=("$line"); done < <(base_sources "$suite")
   for line in "${DPKG_EXCLUDES[@]}"; do opts+=("--dpkgopt=$line"); done
   echo ">> base $ref: mmdebstrap $suite"
-  local include; include="$(base_includes "$suite")"
-  [ -z "$include" ] || opts+=("--include=$include")
-  mmdebstrap --quiet --variant=minbase --format=tar "${opts[@]}" "$suite" "$tar" "${sources[@]}"
+  local log="$out/.mmdebstrap-$suite.log"
+  if ! mmdebstrap --quiet --variant=minbase --hook-dir="$MERGED_USR_HOOK" --format=tar "${opts[@]}" \
+    "$suite" "$tar" "${sources[@]}" >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    return 1
+  fi
   c="$(bah from --pull=never scratch)"
   containers+=("$c")
   bah add --quiet "$c" "$tar" /
@@ -186,21 +190,27 @@ stage_context() {
 }
 
 build_image() {
-  local name="$1" inputs="$2" began=$SECONDS suite
+  local name="$1" inputs="$2" began suite
   define "$name"
   for suite in $(bases_of); do build_base "$suite"; done
+  began=$SECONDS
   [ -n "$ctx" ] || stage_context "$name"
-  local flags=(--quiet --layers --pull=never --network host --isolation "$ISOLATION" -f "$dir/Dockerfile" -t "$ref")
+  local flags=(--quiet --layers --force-rm --pull=never --network host --isolation "$ISOLATION" -f "$dir/Dockerfile" -t "$ref")
   local a
   for a in "${args[@]}"; do flags+=(--build-arg "$a"); done
   [ "$name" = mqtt-operator ] && flags+=(--secret "id=build-ca,src=$CA_BUNDLE")
   echo ">> $name: building $ref"
+  local previous
+  previous="$(bah inspect --type image --format '{{.FromImageID}}' "$ref" 2>/dev/null || true)"
   bah bud "${flags[@]}" "$ctx" >/dev/null
   local archive="$out/$name.tar" id
   rm -f "$archive.tmp"
   bah push --quiet "$ref" "oci-archive:$archive.tmp:$ref"
   mv "$archive.tmp" "$archive"
   id="$(bah inspect --type image --format '{{.FromImageID}}' "$ref")"
+  # The image this one replaces under the same ref is of no use any more (its layers cached for
+  # other steps stay).
+  if [ -n "$previous" ] && [ "$previous" != "$id" ]; then bah rmi "$previous" >/dev/null 2>&1 || true; fi
   [ "$ctx" = "$stage/$name" ] && rm -rf "$ctx"
   record "$name" "$ref" "$archive" "$inputs" "$id"
   echo ">> $name: $ref built in $((SECONDS - began)) s, archive $(du -m "$archive" | cut -f1) MB"

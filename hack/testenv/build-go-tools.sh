@@ -82,16 +82,26 @@ build_helm() {
   build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$ld" "+k8s1.$minor"
 }
 
+# The cluster's DNS and its default StorageClass, packed into images by hack/images/build.sh.
+build_coredns() { build_plain coredns "$COREDNS_VERSION" github.com/coredns/coredns; }
+build_local_path_provisioner() {
+  build_plain local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" github.com/rancher/local-path-provisioner
+}
+
 case "${1:-all}" in
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
   kubeconform) build_plain kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform ;;
+  coredns) build_coredns ;;
+  local-path-provisioner) build_local_path_provisioner ;;
   all)
     build_etcd
     build_helm
     build_plain kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform
     build_kubernetes
+    build_coredns
+    build_local_path_provisioner
     ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner]" >&2; exit 2 ;;
 esac
