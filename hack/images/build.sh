@@ -153,7 +153,8 @@ binary_hash() {
 source_files() {
   if [ "$1" = mqtt-operator ]; then
     (cd "$repo" && { echo Dockerfile; echo .dockerignore; echo pyproject.toml; echo README.md
-      find operator -type f ! -path '*/__pycache__/*' ! -name '*.pyc'; } | LC_ALL=C sort)
+      # What .dockerignore leaves out of the context: caches and pip's egg-info of an editable install.
+      find operator -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*'; } | LC_ALL=C sort)
   else
     (cd "$dir" && find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort)
   fi
