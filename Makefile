@@ -38,10 +38,10 @@ lint: venv ## ruff and mypy (strict on the package)
 	$(VENV)/bin/ruff format --check operator tests testenv hack bench devcluster e2e images
 	$(VENV)/bin/mypy
 
-dev: venv testenv ## The local cluster (API server, Kafka, Pods as local processes) and the operator; Ctrl-C stops all
-	$(PY) -m devcluster dev
+dev: venv testenv images ## A real one-node Kubernetes here: the operator by its chart, Kafka, RocketMQ; Ctrl-C stops all
+	$(PY) -m localnode dev
 
-e2e: venv testenv ## Only the whole-system tests (e2e/) against the local cluster; needs root
+e2e: venv testenv images ## Only the whole-system tests (e2e/) on the real node; needs root
 	$(PY) -m pytest e2e $(PYTEST_ARGS)
 
 # kind and its node image are pinned in e2e/kind/versions.env; run.sh says plainly when Docker is missing.

@@ -1,9 +1,9 @@
 """The cluster under test (session-wide) and a fresh namespace per test.
 
-Run with `make e2e` (or as part of `make test`): the local cluster, which needs root (network
-namespaces). `make e2e-kind` runs the same tests on a kind cluster (e2e/kind/run.sh). Every test runs
-on every target the session has (`targets.names()`), unless it is marked
-`@pytest.mark.local_only("why")`: then it is skipped elsewhere, with that reason in the report.
+Run with `make e2e` (or as part of `make test`): the real node of `make dev` (localnode/), which needs
+root (namespaces, cgroups). `make e2e-kind` runs the same tests on a kind cluster (e2e/kind/run.sh).
+Every test runs on every target the session has (`targets.names()`), unless it is marked
+`@pytest.mark.node_only("why")`: then it is skipped elsewhere, with that reason in the report.
 """
 
 from __future__ import annotations
@@ -21,25 +21,25 @@ from testenv.cluster import Namespace
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "local_only(reason): checks what only the local cluster (devcluster) has; skipped on other targets",
+        "node_only(reason): checks what only the node of make dev has; skipped on other targets",
     )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Skipped at collection, so a local-only test never starts a cluster it cannot use.
+    # Skipped at collection, so a node-only test never starts a cluster it cannot use.
     for item in items:
-        marker = item.get_closest_marker("local_only")
+        marker = item.get_closest_marker("node_only")
         callspec = getattr(item, "callspec", None)
-        if marker is None or callspec is None or callspec.params.get("cluster", "local") == "local":
+        if marker is None or callspec is None or callspec.params.get("cluster", "node") == "node":
             continue
         if not marker.args:
-            raise pytest.UsageError(f"{item.nodeid}: local_only needs a reason")
-        item.add_marker(pytest.mark.skip(reason=f"local only: {marker.args[0]}"))
+            raise pytest.UsageError(f"{item.nodeid}: node_only needs a reason")
+        item.add_marker(pytest.mark.skip(reason=f"node only: {marker.args[0]}"))
 
 
 @pytest.fixture(scope="session", params=targets.names())
 def cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """`local` (devcluster) and/or `kind`, as E2E_TARGETS and E2E_KIND_KUBECONFIG say (targets.py)."""
+    """`node` (localnode) and/or `kind`, as E2E_TARGETS and E2E_KIND_KUBECONFIG say (targets.py)."""
     target = targets.start(request.param)
     try:
         yield target

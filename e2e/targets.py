@@ -1,11 +1,12 @@
 """The clusters the e2e tests run against, behind one small interface, so every assertion is shared.
 
-`local`: the local cluster of `make dev` (devcluster), started for the session. `kind`: a cluster the
-caller prepared (e2e/kind/run.sh, `make e2e-kind`: the image loaded, the chart installed cluster-wide,
-Kafka as kafka-bootstrap.kafka.svc:9092 and on a NodePort), named by E2E_KIND_KUBECONFIG. The kind
-target has never run on the machine it was written on (no Docker engine there).
+`node`: the real single-node cluster of `make dev` (localnode/), started for the session, with the
+operator installed by the chart from the image built here. `kind`: a cluster the caller prepared
+(e2e/kind/run.sh, `make e2e-kind`: the image loaded, the chart installed cluster-wide, Kafka as
+kafka-bootstrap.kafka.svc:9092 and on a NodePort), named by E2E_KIND_KUBECONFIG. The kind target needs a
+Docker engine, which the machine it was written on does not have.
 
-Which targets a session has: E2E_TARGETS (`local`, `kind` or `local,kind`); by default `local`, plus
+Which targets a session has: E2E_TARGETS (`node`, `kind` or `node,kind`); by default `node`, plus
 `kind` when E2E_KIND_KUBECONFIG is set.
 """
 
@@ -13,28 +14,26 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Protocol
 
-from devcluster.dev import LocalCluster
-
+from localnode import system
+from localnode.node import Node, leftovers
 from testenv.paths import tool
 from testenv.process import free_port, port_open
 
 # Short, so the drift-repair test waits seconds, not minutes.
 DRIFT_PERIOD = 5
-# On kind the operator runs as the chart installs it, with its default --drift-period.
+# On kind the operator runs with the chart's default driftPeriodSeconds.
 KIND_DRIFT_PERIOD = 30
 # Where this machine reaches Kafka's host listener on kind: the NodePort of e2e/kind/kafka.yaml,
 # mapped to the host by e2e/kind/cluster.yaml.
 KIND_KAFKA = "127.0.0.1:30092"
-TARGETS = ("local", "kind")
+TARGETS = ("node", "kind")
 
 
 class Target(Protocol):
@@ -63,61 +62,64 @@ class Target(Protocol):
     def stop(self) -> None: ...
 
 
-class LocalTarget:
-    name = "local"
+class NodeTarget:
+    """The real node of `make dev` (localnode/): the operator installed by the chart from the built image,
+    Kafka and RocketMQ as StatefulSets. This machine reaches Pod and Service addresses over the node's
+    veth pair, as a host on a cluster's network does."""
+
+    name = "node"
     drift_period = DRIFT_PERIOD
 
     def __init__(self) -> None:
-        # E2E_KEEP=1 keeps the cluster's folder (logs of the runner, the operator, every container).
-        self.cluster = LocalCluster(
-            namespaces=None,
-            operator_args=(f"--drift-period={DRIFT_PERIOD}",),
-            keep=os.environ.get("E2E_KEEP") == "1",
-        ).start()
+        # E2E_KEEP=1 keeps the node's folder (logs of every component and container, etcd).
+        self.node = Node(keep=os.environ.get("E2E_KEEP") == "1").start()
+        try:
+            system.install_services(self.node)
+            system.install_operator(self.node, drift_period=DRIFT_PERIOD)
+        except BaseException:
+            self.node.stop()
+            raise
 
     @property
     def kubeconfig(self) -> str:
-        return str(self.cluster.kubeconfig)
+        return str(self.node.kubeconfig)
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result: subprocess.CompletedProcess[str] = self.cluster.kubectl(*args, input=input, check=check)
-        return result
+        return self.node.kubectl(*args, input=input, check=check)
 
     @contextmanager
     def broker(self, namespace: str, instance: str, port: int = 1883) -> Iterator[tuple[str, int]]:
-        # The Pod's own address, as the runner gave it: the host reaches every Pod over the bridge.
-        pod = json.loads(self.kubectl("get", "pod", "-n", namespace, f"{instance}-0", "-o", "json").stdout)
-        yield pod["status"]["podIP"], port
+        yield system.pod_ip(self.node, namespace, f"{instance}-0"), port
 
     def kafka_bootstrap(self) -> str:
-        assert self.cluster.kafka is not None
-        return self.cluster.kafka.bootstrap
+        # Kafka advertises its Pod address, which both the Pods and this machine reach.
+        return f"{system.pod_ip(self.node, 'kafka', 'kafka-0')}:9092"
 
-    def pid(self, namespace: str, pod: str, container: str) -> int:
-        """The host PID of the container's PID 1, which the runner writes next to the Pod's logs."""
-        uid = json.loads(self.kubectl("get", "pod", "-n", namespace, pod, "-o", "json").stdout)["metadata"][
-            "uid"
-        ]
-        folder = self.cluster.runner_dir / "pods" / namespace / f"{pod}-{uid[:8]}"
-        return int((folder / f"{container}.pid").read_text())
+    def dns_server(self) -> str:
+        """The cluster DNS Service's address (CoreDNS), which this machine reaches."""
+        return self.node.addresses.dns_service_ip
+
+    def install_function(self, namespace: str) -> None:
+        """The example function battery-alerts (images/function) in `namespace`."""
+        system.install_function(self.node, namespace)
+
+    def rocketmq_endpoint(self) -> str:
+        """The RocketMQ proxy's gRPC endpoint as this machine reaches it."""
+        return f"{system.pod_ip(self.node, 'rocketmq', 'rocketmq-0')}:8081"
 
     def kill_container(self, namespace: str, pod: str, container: str) -> None:
-        os.kill(self.pid(namespace, pod, container), signal.SIGKILL)
+        # SIGKILL through the runtime, as the kernel's OOM killer or a crash would end it.
+        found = json.loads(self.kubectl("get", "pod", "-n", namespace, pod, "-o", "json").stdout)
+        status = next(s for s in found["status"]["containerStatuses"] if s["name"] == container)
+        container_id = status["containerID"].removeprefix("containerd://")
+        self.node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
 
     def stop(self) -> None:
-        bridge = self.cluster.network.get("bridge")
-        root = str(self.cluster.root)
-        self.cluster.stop()
-        # Every process of the cluster names its folder: etcd, the API server, Kafka, the runner, the
-        # operator's hosts file, each container's spec.
-        left = [p for p in Path("/proc").glob("[0-9]*") if root in _cmdline(p)]
-        assert not left, f"processes left behind: {[_cmdline(p) for p in left]}"
-        leftovers = (
-            subprocess.run(["ip", "link", "show", "dev", bridge], capture_output=True) if bridge else None
-        )
-        assert leftovers is None or leftovers.returncode != 0, f"bridge {bridge} left behind"
+        self.node.stop()
+        left = leftovers()
+        assert not left, f"the node left behind: {left}"
 
 
 class KindTarget:
@@ -209,17 +211,10 @@ class KindTarget:
         pass  # the cluster belongs to whoever made it (run.sh deletes it)
 
 
-def _cmdline(proc: Path) -> str:
-    try:
-        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def names() -> list[str]:
     chosen = os.environ.get("E2E_TARGETS")
     if not chosen:
-        return ["local", *(["kind"] if os.environ.get("E2E_KIND_KUBECONFIG") else [])]
+        return ["node", *(["kind"] if os.environ.get("E2E_KIND_KUBECONFIG") else [])]
     result = [name.strip() for name in chosen.split(",") if name.strip()]
     unknown = sorted(set(result) - set(TARGETS))
     if unknown:
@@ -234,4 +229,4 @@ def names() -> list[str]:
 def start(name: str) -> Any:
     if name == "kind":
         return KindTarget(os.environ["E2E_KIND_KUBECONFIG"])
-    return LocalTarget()
+    return NodeTarget()

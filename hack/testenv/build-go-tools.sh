@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kubectl, etcd, helm and kubeconform from source through the Go module proxy.
+# Builds Kubernetes (the API server, kubectl and the node's components), etcd, helm and kubeconform from
+# source through the Go module proxy.
 # Each binary is built once into $TESTENV_DIR/bin; a binary already there with the right version is kept.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -18,7 +19,10 @@ build_kubernetes() {
   # k8s.io/kubernetes replaces its staging modules with local paths, which `go install` refuses;
   # a wrapper module pins each staging module to its published v0.x twin instead.
   local v="$KUBERNETES_VERSION" staging_v="v0${KUBERNETES_VERSION#v1}"
-  stamp_ok kube-apiserver "$v" && stamp_ok kubectl "$v" && return 0
+  # The control plane and the node (localnode/) come from one wrapper module and one version.
+  local cmds=(kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet kube-proxy) c missing=0
+  for c in "${cmds[@]}"; do stamp_ok "$c" "$v" || missing=1; done
+  [ "$missing" = 0 ] && return 0
   local d="$work/kubernetes"
   rm -rf "$d" && mkdir -p "$d" && cd "$d"
   go mod download -json "k8s.io/kubernetes@$v" >/dev/null
@@ -30,17 +34,20 @@ build_kubernetes() {
     echo "require k8s.io/kubernetes $v"
     awk '/=> .\/staging\/src\//{print "replace " $1 " => " $1 " '"$staging_v"'"}' "$modfile"
   } > go.mod
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@$v" "k8s.io/kubernetes/cmd/kubectl@$v"
+  local pkgs=()
+  for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c@$v"); done
+  go get "${pkgs[@]}"
   local minor="${v#v1.}"; minor="${minor%%.*}"
   local ld="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
     ld="$ld -X $pkg.buildDate=1970-01-01T00:00:00Z -X $pkg.gitCommit=0000000000000000000000000000000000000000"
   done
-  go build -ldflags "$ld" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-  stamp kube-apiserver "$v"
-  go build -ldflags "$ld" -o "$bin/kubectl" k8s.io/kubernetes/cmd/kubectl
-  stamp kubectl "$v"
+  for c in "${cmds[@]}"; do
+    stamp_ok "$c" "$v" && continue
+    go build -ldflags "$ld" -o "$bin/$c" "k8s.io/kubernetes/cmd/$c"
+    stamp "$c" "$v"
+  done
 }
 
 build_etcd() {

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs Mosquitto (broker, clients, dynamic-security plugin) and kcat from Debian's packages.
+# Installs from Debian's packages: Mosquitto (broker, clients, dynamic-security plugin) and kcat for the
+# tests; containerd, runc, the CNI plugins, iptables and the util-linux/iproute2 tools for the node
+# (localnode/).
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null || need+=(mosquitto)
@@ -7,6 +9,13 @@ command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v mosquitto_ctrl >/dev/null || need+=(mosquitto-clients)
 command -v kcat >/dev/null || need+=(kcat)
 command -v openssl >/dev/null || need+=(openssl)
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null || need+=(iptables)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 export DEBIAN_FRONTEND=noninteractive

@@ -62,6 +62,13 @@ def parser() -> argparse.ArgumentParser:
         "also $MQTT_OPERATOR_WORKER_IMAGE",
     )
     run.add_argument(
+        "--broker-image",
+        default=os.environ.get("MQTT_OPERATOR_BROKER_IMAGE") or None,
+        metavar="IMAGE",
+        help="broker image of every MqttInstance whose spec.image is empty (default: "
+        "eclipse-mosquitto); also $MQTT_OPERATOR_BROKER_IMAGE",
+    )
+    run.add_argument(
         "--worker-metrics-address",
         action="append",
         default=[],
@@ -111,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             broker_addresses_file=args.broker_addresses_file,
             drift_period_seconds=args.drift_period,
             worker_image=args.worker_image,
+            broker_image=args.broker_image,
             worker_metrics_addresses=parse_worker_metrics_addresses(args.worker_metrics_address),
         )
     except ValueError as err:

@@ -30,6 +30,9 @@ class OperatorSettings:
     drift_period_seconds: float = 30.0
     # The image of the bridge workers: the operator's own (one image, `mqtt-operator bridge`).
     worker_image: str = f"mqtt-operator:{__version__}"
+    # The broker image of every MqttInstance that names none (spec.image): a mirror, or the image
+    # built from images/mosquitto. None keeps the built-in default (resources/statefulset.py).
+    broker_image: str | None = None
     # "namespace/connector" -> ("host:port", ...): where to read that connector's workers' /metrics
     # when the operator runs outside the cluster (in a cluster: the worker Pods' IPs).
     worker_metrics_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

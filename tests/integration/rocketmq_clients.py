@@ -7,11 +7,16 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from rocketmq import ClientConfiguration, Credentials, FilterExpression, Message, Producer, SimpleConsumer
 
-from testenv.rocketmq import RocketMQ
+
+class RocketMQ(Protocol):
+    """Where the proxy's gRPC endpoint is: testenv's RocketMQ, or the node's (e2e)."""
+
+    @property
+    def endpoint(self) -> str: ...
 
 
 def _configuration(cluster: RocketMQ) -> ClientConfiguration:

@@ -41,6 +41,8 @@ async def reconcile_instance(
         spec = MqttInstanceSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
         return not_ready("InvalidSpec", f"spec cannot be read: {err.errors()[0]['msg']}")
+    if not spec.image and settings.broker_image:
+        spec = spec.model_copy(update={"image": settings.broker_image})
     identity = InstanceIdentity(name=name, namespace=namespace, uid=meta["uid"])
     current = await read_secret(client, namespace, admin_secret_name(name))
     try:
