@@ -34,8 +34,8 @@ test-unit: venv ## Only the pure unit tests (no components)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv ## ruff and mypy (strict on the package)
-	$(VENV)/bin/ruff check operator tests testenv hack bench devcluster e2e images
-	$(VENV)/bin/ruff format --check operator tests testenv hack bench devcluster e2e images
+	$(VENV)/bin/ruff check operator tests testenv hack bench localnode e2e images
+	$(VENV)/bin/ruff format --check operator tests testenv hack bench localnode e2e images
 	$(VENV)/bin/mypy
 
 dev: venv testenv images ## A real one-node Kubernetes here: the operator by its chart, Kafka, RocketMQ; Ctrl-C stops all

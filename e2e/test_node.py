@@ -106,7 +106,9 @@ def test_a_brokers_data_is_on_a_provisioned_volume_and_dns_names_it(
 ) -> None:
     ns = namespace.namespace
     apply_examples(namespace, "mqttinstance")
-    wait_ready_instance(namespace, timeout=120)
+    broker = wait_ready_instance(namespace, timeout=120)
+    # The example names no image: the chart's brokerImage, the image built from images/mosquitto.
+    assert {c["image"] for c in broker["spec"]["containers"]} == {images()["mosquitto"]["ref"]}
     claim = wait_for("the claim Bound", lambda: _bound(namespace.get("pvc", "data-devices-0")), timeout=60)
     assert claim["spec"]["storageClassName"] == "local-path"
     volume = namespace.get("pv", claim["spec"]["volumeName"]) or {}

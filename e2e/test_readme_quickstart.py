@@ -8,13 +8,13 @@ text unchanged, in order, from the repository's root, with what `make dev` tells
 must have printed the car's report.
 
 The commands name no namespace: they act in the kubeconfig's current one, `default` with make dev's
-kubeconfig (the namespace make dev's operator and runner watch). Here they get a copy of the
-cluster's kubeconfig whose current namespace is a fresh one (the e2e operator and runner watch every
+kubeconfig, where make dev runs the example function. Here they get a copy of the node's kubeconfig
+whose current namespace is a fresh one with its own battery-alerts function (the operator watches every
 namespace), so the README runs byte for byte without meeting the other tests' objects.
 
-Local only: the quickstart is the `make dev` one, reaching the broker at its Pod's address and Kafka
-at the Pods' host address, which only the local cluster offers to this machine (on kind, the same
-examples are driven by the other tests through port-forward and a NodePort).
+Node only: the quickstart is the `make dev` one, with its in-cluster RocketMQ and function, reaching the
+broker and Kafka at their Pods' addresses (on kind, the same examples are driven by the other tests
+through port-forward and a NodePort).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def _option(words: list[str], flag: str) -> str:
 @pytest.fixture
 def readme_env(cluster: Any, namespace: Namespace) -> Iterator[dict[str, str]]:
     """The environment of the README's shells: make dev's exports, the fresh namespace made current."""
+    cluster.install_function(namespace.namespace)  # as make dev runs it in `default`
     with tempfile.TemporaryDirectory(prefix="readme-") as tmp:
         kubeconfig = Path(tmp) / "kubeconfig"
         kubeconfig.write_bytes(Path(cluster.kubeconfig).read_bytes())
@@ -148,7 +149,7 @@ def _wait_connecting(shell: subprocess.Popen[bytes], output: Path, program: str)
     assert shell.poll() is None, f"{program} exited ({shell.returncode}):\n{output.read_text()}"
 
 
-@pytest.mark.local_only("the README's quickstart is make dev's: Pod and host addresses reached directly")
+@pytest.mark.node_only("the README's quickstart is make dev's: its Kafka, RocketMQ, function, Pod addresses")
 def test_the_readme_quickstart_runs_as_written(cluster: Any, readme_env: dict[str, str]) -> None:
     blocks = quickstart_blocks(README.read_text())
     listeners = [b for b in blocks if re.search(r"^mosquitto_sub ", b, re.M)]

@@ -263,7 +263,8 @@ class Node:
             top.mkdir(exist_ok=True)
             # A new v1 cpuset has no CPUs or memory nodes until given its parent's.
             for key in ("cpuset.cpus", "cpuset.mems"):
-                if (top / key).exists() and not (top / key).read_text().strip():
+                parent_has = (hierarchy / key).exists()
+                if parent_has and (top / key).exists() and not (top / key).read_text().strip():
                     (top / key).write_text((hierarchy / key).read_text())
 
     def _server(self, component: Any) -> None:
@@ -364,7 +365,10 @@ def _normalized(ref: str) -> str:
 
 
 def _cgroup_hierarchies() -> list[Path]:
-    """The cgroup v1 hierarchies (and the v2 one, when mounted) where the kubelet makes its cgroups."""
+    """Where the kubelet makes its cgroups: the one cgroup v2 hierarchy, or each v1 hierarchy (and
+    the v2 one a hybrid host mounts beside them)."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return [CGROUP_ROOT]
     return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and (p / "cgroup.procs").exists()]
 
 

@@ -256,6 +256,8 @@ def test_namespaced_by_default(helm_env: dict[str, str]) -> None:
         "info",
         "--health-port",
         "8080",
+        "--drift-period",
+        "30",
     ]
     assert role_namespaces(manifests) == [RELEASE_NAMESPACE]
     assert [b["metadata"]["namespace"] for b in of_kind(manifests, "RoleBinding")] == [RELEASE_NAMESPACE] * 2
@@ -276,6 +278,8 @@ def test_watch_namespaces_get_a_role_and_a_flag_each(helm_env: dict[str, str]) -
         "debug",
         "--health-port",
         "8080",
+        "--drift-period",
+        "30",
     ]
     assert role_namespaces(manifests) == ["team-a", "team-b"]
     # The leader-election lease stays in the release namespace, which is not watched here.
@@ -291,6 +295,8 @@ def test_cluster_wide_uses_a_cluster_role(helm_env: dict[str, str]) -> None:
         "info",
         "--health-port",
         "8080",
+        "--drift-period",
+        "30",
     ]
     assert role_namespaces(manifests) == []
     names = sorted(r["metadata"]["name"] for r in of_kind(manifests, "ClusterRole"))
@@ -299,6 +305,20 @@ def test_cluster_wide_uses_a_cluster_role(helm_env: dict[str, str]) -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "mqtt-mqtt-operator", "namespace": RELEASE_NAMESPACE}
     ]
+
+
+def test_broker_image_and_drift_period_reach_the_operator(helm_env: dict[str, str]) -> None:
+    manifests = rendered(
+        helm_env, "--set", "brokerImage=mirror.example/mosquitto:2.0.21", "--set", "driftPeriodSeconds=5"
+    )
+    args = operator_args(manifests)
+    assert args[args.index("--drift-period") + 1] == "5"
+    container = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MQTT_OPERATOR_BROKER_IMAGE"] == "mirror.example/mosquitto:2.0.21"
+    # Unset, the operator keeps its own default: no empty variable overrides it.
+    default = only(rendered(helm_env), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "MQTT_OPERATOR_BROKER_IMAGE" not in {e["name"] for e in default["env"]}
 
 
 def test_operator_pod_is_locked_down(helm_env: dict[str, str]) -> None:

@@ -53,3 +53,11 @@ def test_broker_address_overrides_from_flags_and_a_file(tmp_path: Path) -> None:
     assert settings.broker_address("ns", "c", "c.ns.svc", 1883) == ("c.ns.svc", 1883)
     with pytest.raises(ValueError, match="NAMESPACE/INSTANCE=HOST:PORT"):
         parse_broker_addresses(["no-port"])
+
+
+def test_broker_image_comes_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MQTT_OPERATOR_BROKER_IMAGE", raising=False)
+    assert parser().parse_args(["run"]).broker_image is None  # the built-in default stays
+    assert parser().parse_args(["run", "--broker-image", "m/mosquitto:2"]).broker_image == "m/mosquitto:2"
+    monkeypatch.setenv("MQTT_OPERATOR_BROKER_IMAGE", "localhost/mosquitto:2.0.21")
+    assert parser().parse_args(["run"]).broker_image == "localhost/mosquitto:2.0.21"
