@@ -68,6 +68,9 @@ class Handler(BaseHTTPRequestHandler):
         self._answer(200, {"status": "ok"}, None)
 
     def _answer(self, status: int, document: dict[str, Any] | None, line: str | None) -> None:
+        # Logged before answering: a caller's next call cannot be logged ahead of this one.
+        if line is not None:
+            print(f"{self.command} {self.path} {status} {line}", flush=True)
         payload = b"" if document is None else json.dumps(document).encode()
         self.send_response(status)
         if payload:
@@ -75,8 +78,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
-        if line is not None:
-            print(f"{self.command} {self.path} {status} {line}", flush=True)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per call, written by _answer
