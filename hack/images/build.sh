@@ -261,6 +261,10 @@ main() {
   done
   [ ${#names[@]} -gt 0 ] || names=("${ALL[@]}")
   for name in "${names[@]}"; do define "$name"; done  # an unknown name fails before any work
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "$0 needs root: buildah's storage under $store, its mounts and RUN steps (sudo make images)" >&2
+    exit 1
+  fi
   install_tools
   mkdir -p "$out" "$store"
   exec 9>"$out/.lock"
