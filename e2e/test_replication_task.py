@@ -66,6 +66,15 @@ def _pile_access(name: str) -> list[dict[str, Any]]:
     ]
 
 
+def _is_will_of(body: bytes, pile: str) -> bool:
+    # By its body: the key would be the publisher's client id, which the broker does not pass on yet
+    # (a device's own user property or a topic level only; issue "every message says who sent it").
+    try:
+        return bool(json.loads(body).get("deviceId") == pile)
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class _Proxy:
     endpoint: str
@@ -107,10 +116,9 @@ def test_a_piles_last_will_reaches_rocketmq_and_a_command_reaches_the_pile(
         sock.shutdown(socket.SHUT_RDWR)  # no DISCONNECT: an abnormal drop
         device.client.loop_stop()
         with rocketmq_consumer(rocketmq, "pile-faults-reader", "pile-faults") as consumer:
-            got = read(consumer, lambda msgs: any(pile in (m.keys or []) for m in msgs), timeout=90)
-        fault = next(m for m in got if pile in (m.keys or []))
-        assert json.loads(fault.body) == will
-        assert fault.tag == "will"
+            got = read(consumer, lambda msgs: any(_is_will_of(m.body, pile) for m in msgs), timeout=90)
+        faults = [m for m in got if _is_will_of(m.body, pile)]
+        assert faults and all(json.loads(m.body) == will and m.tag == "will" for m in faults), faults
 
         # Downlink: a command keyed by the pile's id reaches it on piles/<id>/cmd.
         device = HostDevice(host, port, pile, password, client_id=pile)
