@@ -45,6 +45,31 @@ def connects(host: str, port: int, username: str | None, password: str | None) -
         device.close()
 
 
+def device_access(
+    name: str, publish: tuple[str, ...] = (), receive: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """A device's account on the examples' broker: AuthUser `name` (password generated into the Secret
+    `<name>-credentials`) and AclPolicy `<name>-access` allowing it to publish and to subscribe and
+    receive on these topics."""
+    rules = [{"effect": "allow", "actions": ["publish"], "topics": list(publish)}] if publish else []
+    if receive:
+        rules.append({"effect": "allow", "actions": ["subscribe", "receive"], "topics": list(receive)})
+    return [
+        {
+            "apiVersion": "mqtt-operator.io/v1alpha1",
+            "kind": "AuthUser",
+            "metadata": {"name": name},
+            "spec": {"instanceRef": {"name": "devices"}, "username": name},
+        },
+        {
+            "apiVersion": "mqtt-operator.io/v1alpha1",
+            "kind": "AclPolicy",
+            "metadata": {"name": f"{name}-access"},
+            "spec": {"instanceRef": {"name": "devices"}, "users": [name], "rules": rules},
+        },
+    ]
+
+
 def apply_examples(ns: Namespace, *names: str) -> None:
     """`kubectl apply -n NS -f examples/<name>.yaml ...`, as a user would."""
     args = [arg for name in names for arg in ("-f", str(EXAMPLES / f"{name}.yaml"))]

@@ -13,7 +13,7 @@ import threading
 import uuid
 from typing import Any
 
-from e2e.helpers import MQKC, MQU, HostDevice, apply_examples, wait_ready_instance
+from e2e.helpers import MQKC, MQU, HostDevice, apply_examples, device_access, wait_ready_instance
 from testenv.cluster import Namespace, wait_for
 from testenv.paths import tool
 
@@ -50,26 +50,8 @@ def _workers(ns: Namespace) -> dict[str, Any]:
 def test_scaling_up_and_down_loses_nothing(cluster: Any, namespace: Namespace) -> None:
     ns = namespace.namespace
     apply_examples(namespace, "mqttinstance", "kafkaconnector")
-    namespace.apply(
-        {
-            "apiVersion": "mqtt-operator.io/v1alpha1",
-            "kind": "AuthUser",
-            "metadata": {"name": "car-9"},
-            "spec": {"instanceRef": {"name": "devices"}, "username": "car-9"},
-        }
-    )
-    namespace.apply(
-        {
-            "apiVersion": "mqtt-operator.io/v1alpha1",
-            "kind": "AclPolicy",
-            "metadata": {"name": "car-9-reports"},
-            "spec": {
-                "instanceRef": {"name": "devices"},
-                "users": ["car-9"],
-                "rules": [{"effect": "allow", "actions": ["publish"], "topics": ["vehicles/car-9/state"]}],
-            },
-        }
-    )
+    for manifest in device_access("car-9", publish=("vehicles/car-9/state",)):
+        namespace.apply(manifest)
     # Unordered, one worker to begin with.
     namespace.patch(
         MQKC, "vehicle-state-to-kafka", {"spec": {"replicas": 1, "mqttToKafka": {"ordered": False}}}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from e2e.helpers import MQACL, MQU, HostDevice, apply_examples, wait_ready_instance
+from e2e.helpers import MQACL, MQU, HostDevice, apply_examples, device_access, wait_ready_instance
 from testenv.cluster import Namespace, wait_for
 
 MQFT = "functiontriggers.mqtt-operator.io"
@@ -26,34 +26,6 @@ def _function_calls(cluster: Any, ns: str) -> list[str]:
     return [line for line in proc.stdout.splitlines() if line.startswith("POST ")]
 
 
-def _car_access(name: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "mqtt-operator.io/v1alpha1",
-            "kind": "AuthUser",
-            "metadata": {"name": name},
-            "spec": {"instanceRef": {"name": "devices"}, "username": name},
-        },
-        {
-            "apiVersion": "mqtt-operator.io/v1alpha1",
-            "kind": "AclPolicy",
-            "metadata": {"name": f"{name}-battery"},
-            "spec": {
-                "instanceRef": {"name": "devices"},
-                "users": [name],
-                "rules": [
-                    {"effect": "allow", "actions": ["publish"], "topics": [f"vehicles/{name}/battery"]},
-                    {
-                        "effect": "allow",
-                        "actions": ["subscribe", "receive"],
-                        "topics": [f"vehicles/{name}/cmd"],
-                    },
-                ],
-            },
-        },
-    ]
-
-
 @pytest.mark.node_only("the function's image is built and imported on the node; e2e/kind/ does not load it")
 def test_a_battery_report_calls_the_function_and_its_answer_reaches_the_car(
     cluster: Any, namespace: Namespace
@@ -61,11 +33,13 @@ def test_a_battery_report_calls_the_function_and_its_answer_reaches_the_car(
     ns = namespace.namespace
     cluster.install_function(ns)
     apply_examples(namespace, "mqttinstance", "functiontrigger")
-    for manifest in _car_access("car-3"):
+    for manifest in device_access(
+        "car-3", publish=("vehicles/car-3/battery",), receive=("vehicles/car-3/cmd",)
+    ):
         namespace.apply(manifest)
     wait_ready_instance(namespace)
     namespace.wait_condition(MQU, "car-3", timeout=90)
-    namespace.wait_condition(MQACL, "car-3-battery", timeout=90)
+    namespace.wait_condition(MQACL, "car-3-access", timeout=90)
     namespace.wait_condition(MQFT, TRIGGER, timeout=120)
     trigger = namespace.get(MQFT, TRIGGER) or {}
     assert trigger["status"]["functionUrl"] == f"http://{TRIGGER}.{ns}.svc:{PORT}/"

@@ -8,32 +8,11 @@ import subprocess
 import uuid
 from typing import Any
 
-from e2e.helpers import MQKC, MQU, HostDevice, apply_examples, wait_ready_instance
+from e2e.helpers import MQKC, MQU, HostDevice, apply_examples, device_access, wait_ready_instance
 from testenv.cluster import Namespace, wait_for
 from testenv.paths import tool
 
 WORKERS = "vehicle-state-to-kafka-bridge"
-
-
-def _car_access(name: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "mqtt-operator.io/v1alpha1",
-            "kind": "AuthUser",
-            "metadata": {"name": name},
-            "spec": {"instanceRef": {"name": "devices"}, "username": name},
-        },
-        {
-            "apiVersion": "mqtt-operator.io/v1alpha1",
-            "kind": "AclPolicy",
-            "metadata": {"name": f"{name}-reports"},
-            "spec": {
-                "instanceRef": {"name": "devices"},
-                "users": [name],
-                "rules": [{"effect": "allow", "actions": ["publish"], "topics": [f"vehicles/{name}/state"]}],
-            },
-        },
-    ]
 
 
 def _records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
@@ -53,7 +32,7 @@ def _records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
 def test_a_vehicle_state_message_reaches_kafka_keyed_by_plate(cluster: Any, namespace: Namespace) -> None:
     ns = namespace.namespace
     apply_examples(namespace, "mqttinstance", "kafkaconnector")
-    for manifest in _car_access("car-1"):
+    for manifest in device_access("car-1", publish=("vehicles/car-1/state",)):
         namespace.apply(manifest)
     wait_ready_instance(namespace)
     namespace.wait_condition(MQU, "car-1", timeout=90)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from tests.integration.rocketmq_clients import command, read, rocketmq_consumer, rocketmq_producer
 
-from e2e.helpers import MQACL, MQU, HostDevice, apply_examples, wait_ready_instance
+from e2e.helpers import MQACL, MQU, HostDevice, apply_examples, device_access, wait_ready_instance
 from testenv.cluster import Namespace, wait_for
 
 MQRT = "replicationtasks.mqtt-operator.io"
@@ -42,30 +42,6 @@ def _downlink() -> dict[str, Any]:
     }
 
 
-def _pile_access(name: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "mqtt-operator.io/v1alpha1",
-            "kind": "AuthUser",
-            "metadata": {"name": name},
-            "spec": {"instanceRef": {"name": "devices"}, "username": name},
-        },
-        {
-            "apiVersion": "mqtt-operator.io/v1alpha1",
-            "kind": "AclPolicy",
-            "metadata": {"name": f"{name}-pile"},
-            "spec": {
-                "instanceRef": {"name": "devices"},
-                "users": [name],
-                "rules": [
-                    {"effect": "allow", "actions": ["publish"], "topics": [f"piles/{name}/will"]},
-                    {"effect": "allow", "actions": ["subscribe", "receive"], "topics": [f"piles/{name}/cmd"]},
-                ],
-            },
-        },
-    ]
-
-
 def _is_will_of(body: bytes, pile: str) -> bool:
     # By its body: the key would be the publisher's client id, which the broker does not pass on yet
     # (a device's own user property or a topic level only; issue "every message says who sent it").
@@ -88,11 +64,11 @@ def test_a_piles_last_will_reaches_rocketmq_and_a_command_reaches_the_pile(
     pile = f"pile-{uuid.uuid4().hex[:6]}"
     apply_examples(namespace, "mqttinstance", "replicationtask")
     namespace.apply(_downlink())
-    for manifest in _pile_access(pile):
+    for manifest in device_access(pile, publish=(f"piles/{pile}/will",), receive=(f"piles/{pile}/cmd",)):
         namespace.apply(manifest)
     wait_ready_instance(namespace)
     namespace.wait_condition(MQU, pile, timeout=90)
-    namespace.wait_condition(MQACL, f"{pile}-pile", timeout=90)
+    namespace.wait_condition(MQACL, f"{pile}-access", timeout=90)
     for task in (UPLINK, DOWNLINK):
         namespace.wait_condition(MQRT, task, reason="Running", timeout=180)
         wait_for(

@@ -14,6 +14,7 @@ from e2e.helpers import (
     MQU,
     HostDevice,
     apply_examples,
+    device_access,
     kafka_keys,
     pod,
     pod_ready,
@@ -29,26 +30,8 @@ CONTAINER = "bridge"
 def test_a_killed_worker_resumes_its_session_and_loses_nothing(cluster: Any, namespace: Namespace) -> None:
     ns = namespace.namespace
     apply_examples(namespace, "mqttinstance", "kafkaconnector")
-    namespace.apply(
-        {
-            "apiVersion": "mqtt-operator.io/v1alpha1",
-            "kind": "AuthUser",
-            "metadata": {"name": "car-5"},
-            "spec": {"instanceRef": {"name": "devices"}, "username": "car-5"},
-        }
-    )
-    namespace.apply(
-        {
-            "apiVersion": "mqtt-operator.io/v1alpha1",
-            "kind": "AclPolicy",
-            "metadata": {"name": "car-5-reports"},
-            "spec": {
-                "instanceRef": {"name": "devices"},
-                "users": ["car-5"],
-                "rules": [{"effect": "allow", "actions": ["publish"], "topics": ["vehicles/car-5/state"]}],
-            },
-        }
-    )
+    for manifest in device_access("car-5", publish=("vehicles/car-5/state",)):
+        namespace.apply(manifest)
     wait_ready_instance(namespace)
     namespace.wait_condition(MQU, "car-5", timeout=90)
     namespace.wait_condition(MQKC, "vehicle-state-to-kafka", timeout=120)

@@ -10,6 +10,7 @@ from localnode.layout import CLUSTER_DOMAIN, Addresses, Layout
 
 Manifest = dict[str, Any]
 
+# No `forward`: the node has no upstream resolver and no traffic may leave this machine.
 COREFILE = f""".:53 {{
     errors
     health :8080
@@ -24,101 +25,98 @@ COREFILE = f""".:53 {{
     reload
 }}
 """
-# No `forward`: the node has no upstream resolver and no traffic may leave this machine.
+PROVISIONER = "rancher.io/local-path"
 
 
-def _restricted_container() -> Manifest:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "runAsUser": 65532,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def coredns(addresses: Addresses, image: str) -> list[Manifest]:
-    ns, name = "kube-system", "coredns"
-    labels = {"k8s-app": "kube-dns"}
+def _identity(ns: str, name: str, cluster_role: str, rules: list[Manifest]) -> list[Manifest]:
+    """A ServiceAccount and the ClusterRole, bound to it, that it runs with."""
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
-            "metadata": {"name": "system:coredns"},
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["endpoints", "services", "pods", "namespaces"],
-                    "verbs": ["list", "watch"],
-                },
-                {
-                    "apiGroups": ["discovery.k8s.io"],
-                    "resources": ["endpointslices"],
-                    "verbs": ["list", "watch"],
-                },
-            ],
+            "metadata": {"name": cluster_role},
+            "rules": rules,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": {"name": "system:coredns"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "system:coredns",
-            },
+            "metadata": {"name": cluster_role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
         },
+    ]
+
+
+def _deployment(ns: str, name: str, labels: dict[str, str], pod: Manifest) -> Manifest:
+    """One replica of `pod`, running as the ServiceAccount of the same name."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"serviceAccountName": name, **pod}},
+        },
+    }
+
+
+def _rule(group: str, resources: list[str], verbs: list[str]) -> Manifest:
+    return {"apiGroups": [group], "resources": resources, "verbs": verbs}
+
+
+def coredns(addresses: Addresses, image: str) -> list[Manifest]:
+    ns, name = "kube-system", "coredns"
+    labels = {"k8s-app": "kube-dns"}
+    container = {
+        "name": "coredns",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "args": ["-conf", "/etc/coredns/Corefile"],
+        "ports": [
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": 9153, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
+        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        # Restricted: port 53 is open to any user, as containerd's enable_unprivileged_ports makes it.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
+    }
+    pod = {
+        # CoreDNS itself resolves nothing upstream (resolv.conf of the node is empty).
+        "dnsPolicy": "Default",
+        "priorityClassName": "system-cluster-critical",
+        "containers": [container],
+        "volumes": [{"name": "config", "configMap": {"name": name}}],
+    }
+    return [
+        *_identity(
+            ns,
+            name,
+            "system:coredns",
+            [
+                _rule("", ["endpoints", "services", "pods", "namespaces"], ["list", "watch"]),
+                _rule("discovery.k8s.io", ["endpointslices"], ["list", "watch"]),
+            ],
+        ),
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": ns},
             "data": {"Corefile": COREFILE},
         },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": name,
-                        "dnsPolicy": "Default",
-                        "priorityClassName": "system-cluster-critical",
-                        "containers": [
-                            {
-                                "name": "coredns",
-                                "image": image,
-                                "imagePullPolicy": "Never",
-                                "args": ["-conf", "/etc/coredns/Corefile"],
-                                "ports": [
-                                    {"name": "dns", "containerPort": 53, "protocol": "UDP"},
-                                    {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
-                                    {"name": "metrics", "containerPort": 9153, "protocol": "TCP"},
-                                ],
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/ready", "port": 8181},
-                                    "periodSeconds": 2,
-                                },
-                                "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
-                                "resources": {
-                                    "requests": {"cpu": "50m", "memory": "32Mi"},
-                                    "limits": {"memory": "128Mi"},
-                                },
-                                "securityContext": _restricted_container(),
-                                "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
-                            }
-                        ],
-                        "volumes": [{"name": "config", "configMap": {"name": name}}],
-                    },
-                },
-            },
-        },
+        _deployment(ns, name, labels, pod),
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -136,12 +134,8 @@ def coredns(addresses: Addresses, image: str) -> list[Manifest]:
     ]
 
 
-PROVISIONER = "rancher.io/local-path"
-
-
 def local_path_provisioner(layout: Layout, image: str) -> list[Manifest]:
     ns, name = "local-path-storage", "local-path-provisioner"
-    labels = {"app": name}
     config = {"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [str(layout.volumes)]}]}
     # The provisioner runs this template (its helper image) to make and remove each volume's folder.
     helper_pod = {
@@ -153,35 +147,51 @@ def local_path_provisioner(layout: Layout, image: str) -> list[Manifest]:
             "containers": [{"name": "helper-pod", "image": image, "imagePullPolicy": "Never"}],
         },
     }
+    container = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": [
+            "local-path-provisioner",
+            "--debug",
+            "start",
+            "--config",
+            "/etc/config/config.json",
+            "--helper-image",
+            image,
+            # The helper Pods run as the provisioner's own ServiceAccount.
+            "--service-account-name",
+            name,
+            "--provisioner-name",
+            PROVISIONER,
+        ],
+        "env": [
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "CONFIG_MOUNT_PATH", "value": "/etc/config/"},
+        ],
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/config/"}],
+    }
+    pod = {
+        "containers": [container],
+        "volumes": [{"name": "config", "configMap": {"name": "local-path-config"}}],
+    }
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": name},
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["nodes", "persistentvolumeclaims", "configmaps", "pods", "pods/log"],
-                    "verbs": ["get", "list", "watch"],
-                },
-                {"apiGroups": [""], "resources": ["persistentvolumes", "pods"], "verbs": ["*"]},
-                {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-                {
-                    "apiGroups": ["storage.k8s.io"],
-                    "resources": ["storageclasses"],
-                    "verbs": ["get", "list", "watch"],
-                },
+        *_identity(
+            ns,
+            name,
+            name,
+            [
+                _rule(
+                    "",
+                    ["nodes", "persistentvolumeclaims", "configmaps", "pods", "pods/log"],
+                    ["get", "list", "watch"],
+                ),
+                _rule("", ["persistentvolumes", "pods"], ["*"]),
+                _rule("", ["events"], ["create", "patch"]),
+                _rule("storage.k8s.io", ["storageclasses"], ["get", "list", "watch"]),
             ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
-        },
+        ),
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -193,50 +203,7 @@ def local_path_provisioner(layout: Layout, image: str) -> list[Manifest]:
                 "helperPod.yaml": json.dumps(helper_pod),
             },
         },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": name,
-                        "containers": [
-                            {
-                                "name": name,
-                                "image": image,
-                                "imagePullPolicy": "Never",
-                                "command": [
-                                    "local-path-provisioner",
-                                    "--debug",
-                                    "start",
-                                    "--config",
-                                    "/etc/config/config.json",
-                                    "--helper-image",
-                                    image,
-                                    "--service-account-name",
-                                    name,
-                                    "--provisioner-name",
-                                    PROVISIONER,
-                                ],
-                                "env": [
-                                    {
-                                        "name": "POD_NAMESPACE",
-                                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-                                    },
-                                    {"name": "CONFIG_MOUNT_PATH", "value": "/etc/config/"},
-                                ],
-                                "volumeMounts": [{"name": "config", "mountPath": "/etc/config/"}],
-                            }
-                        ],
-                        "volumes": [{"name": "config", "configMap": {"name": "local-path-config"}}],
-                    },
-                },
-            },
-        },
+        _deployment(ns, name, {"app": name}, pod),
         {
             "apiVersion": "storage.k8s.io/v1",
             "kind": "StorageClass",

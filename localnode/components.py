@@ -25,12 +25,23 @@ def _command(program: str, flags: dict[str, str]) -> tuple[str, ...]:
     return (program, *(f"{flag}={value}" for flag, value in flags.items()))
 
 
+def _controller_flags(layout: Layout, name: str) -> dict[str, str]:
+    """The controller-manager's and the scheduler's shared flags: their identity, one of each."""
+    kubeconfig = str(layout.kubeconfig(name))
+    return {
+        "--kubeconfig": kubeconfig,
+        "--authentication-kubeconfig": kubeconfig,
+        "--authorization-kubeconfig": kubeconfig,
+        "--bind-address": "127.0.0.1",
+        "--leader-elect": "false",
+    }
+
+
 def components(
     layout: Layout, addresses: Addresses, pki: Path, program: Callable[[str], str] = tool
 ) -> tuple[Component, ...]:
     """containerd first (the kubelet needs it), then etcd and the API server, then the rest at once.
     `program` finds a test-environment binary (testenv.paths.tool)."""
-    kubeconfig = layout.kubeconfig
     return (
         Component("containerd", _command("containerd", {"--config": str(layout.etc / "containerd.toml")})),
         Component(
@@ -85,11 +96,7 @@ def components(
             _command(
                 program("kube-controller-manager"),
                 {
-                    "--kubeconfig": str(kubeconfig("kube-controller-manager")),
-                    "--authentication-kubeconfig": str(kubeconfig("kube-controller-manager")),
-                    "--authorization-kubeconfig": str(kubeconfig("kube-controller-manager")),
-                    "--bind-address": "127.0.0.1",
-                    "--leader-elect": "false",
+                    **_controller_flags(layout, "kube-controller-manager"),
                     "--use-service-account-credentials": "true",
                     "--service-account-private-key-file": str(pki / "sa.key"),
                     "--root-ca-file": str(pki / "ca.crt"),
@@ -104,14 +111,7 @@ def components(
             "kube-scheduler",
             _command(
                 program("kube-scheduler"),
-                {
-                    "--kubeconfig": str(kubeconfig("kube-scheduler")),
-                    "--authentication-kubeconfig": str(kubeconfig("kube-scheduler")),
-                    "--authorization-kubeconfig": str(kubeconfig("kube-scheduler")),
-                    "--bind-address": "127.0.0.1",
-                    "--leader-elect": "false",
-                    "--v": "1",
-                },
+                {**_controller_flags(layout, "kube-scheduler"), "--v": "1"},
             ),
         ),
         Component(
@@ -120,7 +120,7 @@ def components(
                 program("kubelet"),
                 {
                     "--config": str(layout.etc / "kubelet.yaml"),
-                    "--kubeconfig": str(kubeconfig("kubelet")),
+                    "--kubeconfig": str(layout.kubeconfig("kubelet")),
                     "--root-dir": str(layout.kubelet_root),
                     "--cert-dir": str(layout.kubelet_root / "pki"),
                     "--hostname-override": NODE_NAME,

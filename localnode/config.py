@@ -18,33 +18,6 @@ PAUSE_IMAGE = "localhost/pause:3.10"
 CNI_BIN_DIR = "/usr/lib/cni"
 
 
-def kubeconfig(server: str, pki: Path, user: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": NODE_NAME,
-                    "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
-                }
-            ],
-            "users": [
-                {
-                    "name": user,
-                    "user": {
-                        "client-certificate": str(pki / f"{user}.crt"),
-                        "client-key": str(pki / f"{user}.key"),
-                    },
-                }
-            ],
-            "contexts": [{"name": NODE_NAME, "context": {"cluster": NODE_NAME, "user": user}}],
-            "current-context": NODE_NAME,
-        },
-        indent=2,
-    )
-
-
 def containerd_config(layout: Layout) -> str:
     # CRI plugin settings: see FACTS in docs/dev-cluster.md. This VM withholds CAP_SYS_RESOURCE, so
     # no process may lower its oom_score_adj: restrict_oom_score_adj keeps runc from trying.

@@ -31,7 +31,9 @@ import yaml
 from localnode import addons, config, pki
 from localnode.components import components
 from localnode.layout import IMAGE_STORE, NODE_NAME, Addresses, Layout
-from testenv.paths import TESTENV_DIR, run_dir, tool
+from testenv.kube import kubectl
+from testenv.paths import TESTENV_DIR, run_dir
+from testenv.pki import kubeconfig_text
 from testenv.process import Server, StartError
 
 HOLDER_MARK = "mqtt-node-holder:"
@@ -113,16 +115,7 @@ class Node:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input,
-            text=True,
-            capture_output=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-        return proc
+        return kubectl(self.kubeconfig, *args, input=input, check=check, timeout=timeout)
 
     def apply(self, manifests: list[dict[str, Any]]) -> None:
         self.kubectl(
@@ -164,7 +157,7 @@ class Node:
         by_name = components_by_name(self, certs)
         self._server(by_name["etcd"])
         self._server(by_name["kube-apiserver"])
-        self.kubeconfig.write_text(config.kubeconfig(self.addresses.api_server, certs, "admin"))
+        self.kubeconfig.write_text(kubeconfig_text(self.addresses.api_server, certs, "admin", NODE_NAME))
         self._wait("kube-apiserver", lambda: self._readyz(certs), 120, "ready")
         t = self._step("api server ready", t)
         for name in ("kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"):
@@ -200,8 +193,8 @@ class Node:
             layout.etc / "resolv.conf": config.resolv_conf(),
         }
         for component in ("kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy"):
-            files[layout.kubeconfig(component)] = config.kubeconfig(
-                self.addresses.api_server, certs, component
+            files[layout.kubeconfig(component)] = kubeconfig_text(
+                self.addresses.api_server, certs, component, NODE_NAME
             )
         for key, value in config.SYSCTL_SHADOWS.items():
             files[layout.sysctl_shadows / key.replace("/", ".")] = f"{value}\n"

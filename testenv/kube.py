@@ -7,7 +7,6 @@ helm and the operator alike. No controllers run: nothing creates Pods or garbage
 
 from __future__ import annotations
 
-import json
 import shutil
 import ssl
 import subprocess
@@ -17,97 +16,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from testenv.paths import run_dir, tool
+from testenv.pki import Certificate, kubeconfig_text, make_pki
 from testenv.process import Server, free_port
 
+# The API server's serving certificate (for loopback) and the admin client certificate.
+CERTIFICATES = (
+    Certificate(
+        "serving",
+        "/CN=kube-apiserver",
+        ("IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default.svc"),
+    ),
+    Certificate("admin", "/O=system:masters/CN=admin"),
+)
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
-
-def make_pki(d: Path) -> None:
-    """CA, serving certificate for 127.0.0.1/localhost, admin client certificate, service-account keys."""
-    d.mkdir(parents=True, exist_ok=True)
-    if (d / "admin.crt").exists():
-        return
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=testenv-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        cwd=d,
+def kubectl(
+    kubeconfig: Path, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the test environment's kubectl; with check=True a failure raises with stderr shown."""
+    proc = subprocess.run(
+        [tool("kubectl"), "--kubeconfig", str(kubeconfig), *args],
+        input=input,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
     )
-    (d / "serving.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\n"
-        "extendedKeyUsage=serverAuth\n"
-    )
-    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for name, subj, ext in (
-        ("serving", "/CN=kube-apiserver", "serving.ext"),
-        ("admin", "/O=system:masters/CN=admin", "client.ext"),
-    ):
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            subj,
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            cwd=d,
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "3650",
-            "-extfile",
-            ext,
-            "-out",
-            f"{name}.crt",
-            cwd=d,
-        )
-    _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
-    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
-
-
-def kubeconfig_text(server: str, pki: Path) -> str:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {"name": "testenv", "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")}}
-        ],
-        "users": [
-            {
-                "name": "admin",
-                "user": {"client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")},
-            }
-        ],
-        "contexts": [
-            {"name": "testenv", "context": {"cluster": "testenv", "user": "admin", "namespace": "default"}}
-        ],
-        "current-context": "testenv",
-    }
-    return json.dumps(config, indent=2)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
 
 
 @dataclass
@@ -132,7 +68,7 @@ class ControlPlane:
         return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> ControlPlane:
-        make_pki(self.pki)
+        make_pki(self.pki, CERTIFICATES, "/CN=testenv-ca")
         client_port, peer_port = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{client_port}"
         self.etcd = Server(
@@ -208,7 +144,7 @@ class ControlPlane:
             self.root / "kube-apiserver.log",
         )
         self.apiserver.start()
-        self.kubeconfig.write_text(kubeconfig_text(self.url, pki))
+        self.kubeconfig.write_text(kubeconfig_text(self.url, pki, "admin", "testenv", namespace="default"))
         self.apiserver.wait_until(self._ready, 120, "ready")
         return self
 
@@ -222,16 +158,7 @@ class ControlPlane:
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this control plane; with check=True a failure raises with stderr shown."""
-        proc = subprocess.run(
-            [tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input,
-            text=True,
-            capture_output=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-        return proc
+        return kubectl(self.kubeconfig, *args, input=input, check=check, timeout=timeout)
 
     def stop(self, keep: bool = False) -> None:
         for server in (self.apiserver, self.etcd):
