@@ -37,6 +37,8 @@ from testenv.pki import kubeconfig_text
 from testenv.process import Server, StartError
 
 HOLDER_MARK = "mqtt-node-holder:"
+# In the run folder: the PID of the process that started the node (and stops it).
+OWNER_FILE = "owner.pid"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 IMAGES_MANIFEST = TESTENV_DIR / "images" / "images.json"
 
@@ -50,6 +52,15 @@ def _cmdline(pid: str) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def _owner_alive(root: Path) -> bool:
+    """Whether the process that started the node of this run folder still runs."""
+    try:
+        owner = int((root / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return owner != os.getpid() and Path(f"/proc/{owner}").exists()
 
 
 def _namespace(pid: int | str, kind: str) -> str | None:
@@ -139,10 +150,20 @@ class Node:
 
     def _start(self) -> None:
         t0 = t = time.monotonic()
-        sweep()  # a node killed before it could stop itself would hold the addresses and the cgroups
+        # One node per machine (one set of addresses and cgroups): a node whose owner still runs is
+        # refused, one whose owner was killed before it could stop it is swept away.
+        running = [(pid, root) for pid, root in holders() if _owner_alive(root)]
+        if running:
+            pid, root = running[0]
+            raise StartError(
+                f"another node runs on this machine (holder {pid}, folder {root}): stop it first "
+                "(Ctrl-C in its make dev), or `python -m localnode sweep` to kill it"
+            )
+        sweep()
         built = images()
         certs = pki.ensure(self.addresses)
         self._write_files(certs)
+        (self.root / OWNER_FILE).write_text(str(os.getpid()))
         self._namespaces()
         self._server(components_by_name(self, certs)["containerd"])
         self._wait(
