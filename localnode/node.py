@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from localnode import addons, config, pki
-from localnode.components import components
+from localnode.components import Component, components
 from localnode.layout import IMAGE_STORE, NODE_NAME, Addresses, Layout
 from testenv.kube import kubectl
 from testenv.paths import TESTENV_DIR, run_dir
@@ -165,7 +165,8 @@ class Node:
         self._write_files(certs)
         (self.root / OWNER_FILE).write_text(str(os.getpid()))
         self._namespaces()
-        self._server(components_by_name(self, certs)["containerd"])
+        by_name = {c.name: c for c in components(self.layout, self.addresses, certs)}
+        self._server(by_name["containerd"])
         self._wait(
             "containerd",
             lambda: self.ctr("version", check=False, timeout=10).returncode == 0,
@@ -175,7 +176,6 @@ class Node:
         self._clear_containers()
         self._import(built)
         t = self._step("containerd and images", t)
-        by_name = components_by_name(self, certs)
         self._server(by_name["etcd"])
         self._server(by_name["kube-apiserver"])
         self.kubeconfig.write_text(kubeconfig_text(self.addresses.api_server, certs, "admin", NODE_NAME))
@@ -281,7 +281,7 @@ class Node:
                 if parent_has and (top / key).exists() and not (top / key).read_text().strip():
                     (top / key).write_text((hierarchy / key).read_text())
 
-    def _server(self, component: Any) -> None:
+    def _server(self, component: Component) -> None:
         server = Server(
             component.name, self.enter(*component.argv), self.layout.logs / f"{component.name}.log"
         )
@@ -356,10 +356,6 @@ class Node:
         _remove_cgroups()
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
-
-
-def components_by_name(node: Node, certs: Path) -> dict[str, Any]:
-    return {c.name: c for c in components(node.layout, node.addresses, certs)}
 
 
 def _normalized(ref: str) -> str:
