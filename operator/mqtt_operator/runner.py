@@ -14,7 +14,7 @@ from mqtt_operator.api.kinds import (
 )
 from mqtt_operator.broker.pool import BrokerPool
 from mqtt_operator.controllers.access import AccessSync
-from mqtt_operator.handlers import access, connector, replication, trigger
+from mqtt_operator.handlers import access, integrations
 from mqtt_operator.handlers.context import OperatorContext
 from mqtt_operator.kube.client import make_client
 from mqtt_operator.settings import OperatorSettings
@@ -50,9 +50,7 @@ def build_registry(operator: OperatorSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     with _default_registry(registry):
         access.register(operator.drift_period_seconds)
-        connector.register(operator.drift_period_seconds)
-        trigger.register(operator.drift_period_seconds)
-        replication.register(operator.drift_period_seconds)
+        integrations.register_all(operator.drift_period_seconds)
 
         @kopf.on.startup()
         async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:

@@ -12,7 +12,17 @@ from pydantic import BaseModel
 from mqtt_operator.api.access import AclPolicySpec, AuthUserSpec
 from mqtt_operator.api.base import duration_seconds, quantity_bytes
 from mqtt_operator.api.connector import KafkaConnectorSpec
+from mqtt_operator.api.function import FunctionTriggerSpec
 from mqtt_operator.api.instance import MqttInstanceSpec
+from mqtt_operator.api.replication import ReplicationTaskSpec
+from mqtt_operator.api.status import (
+    AclPolicyStatus,
+    AuthUserStatus,
+    FunctionTriggerStatus,
+    KafkaConnectorStatus,
+    MqttInstanceStatus,
+    ReplicationTaskStatus,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS: dict[str, type[BaseModel]] = {
@@ -20,14 +30,41 @@ MODELS: dict[str, type[BaseModel]] = {
     "authusers": AuthUserSpec,
     "aclpolicies": AclPolicySpec,
     "kafkaconnectors": KafkaConnectorSpec,
+    "functiontriggers": FunctionTriggerSpec,
+    "replicationtasks": ReplicationTaskSpec,
+}
+STATUS_MODELS: dict[str, type[BaseModel]] = {
+    "mqttinstances": MqttInstanceStatus,
+    "authusers": AuthUserStatus,
+    "aclpolicies": AclPolicyStatus,
+    "kafkaconnectors": KafkaConnectorStatus,
+    "functiontriggers": FunctionTriggerStatus,
+    "replicationtasks": ReplicationTaskStatus,
 }
 FREE_FORM = {"resources", "affinity"}  # passed through to Kubernetes as they are
 
 
-def spec_schema(plural: str) -> dict[str, Any]:
+def crd_schema(plural: str, part: str = "spec") -> dict[str, Any]:
     crd = yaml.safe_load((REPO / "crds" / f"{plural}.mqtt-operator.io.yaml").read_text())
-    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][part]
     return schema
+
+
+def extra_fields(schema: dict[str, Any], model: type[BaseModel], path: str) -> list[str]:
+    """Model fields the CRD does not have (the API server would prune them from what we write)."""
+    props = schema.get("properties") or {}
+    extra = []
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        if alias not in props:
+            extra.append(f"{path}.{alias}")
+            continue
+        nested = _model_of(field.annotation)
+        sub = props[alias]
+        target = sub.get("items", sub) if sub.get("type") == "array" else sub
+        if nested is not None and target.get("properties"):
+            extra += extra_fields(target, nested, f"{path}.{alias}")
+    return extra
 
 
 def missing_fields(schema: dict[str, Any], model: type[BaseModel], path: str) -> list[str]:
@@ -58,7 +95,22 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 @pytest.mark.parametrize("plural", sorted(MODELS))
 def test_every_crd_field_has_a_model_field(plural: str) -> None:
-    assert missing_fields(spec_schema(plural), MODELS[plural], "spec") == []
+    assert missing_fields(crd_schema(plural), MODELS[plural], "spec") == []
+
+
+@pytest.mark.parametrize("plural", sorted(STATUS_MODELS))
+def test_status_models_match_the_crd_both_ways(plural: str) -> None:
+    schema = crd_schema(plural, "status")
+    # Condition mirrors metav1.Condition, whose fields the CRD lists itself.
+    assert missing_fields(schema, STATUS_MODELS[plural], "status") == []
+    assert extra_fields(schema, STATUS_MODELS[plural], "status") == []
+
+
+def test_a_status_field_the_crd_lacks_is_caught() -> None:
+    class Wrong(KafkaConnectorStatus):
+        share_groups: str | None = None
+
+    assert extra_fields(crd_schema("kafkaconnectors", "status"), Wrong, "status") == ["status.shareGroups"]
 
 
 @pytest.mark.parametrize("plural", sorted(MODELS))
@@ -68,6 +120,8 @@ def test_example_parses(plural: str) -> None:
         "authusers": "authuser",
         "aclpolicies": "aclpolicy",
         "kafkaconnectors": "kafkaconnector",
+        "functiontriggers": "functiontrigger",
+        "replicationtasks": "replicationtask",
     }[plural]
     body = yaml.safe_load((REPO / "examples" / f"{kind}.yaml").read_text())
     MODELS[plural].model_validate(body["spec"])

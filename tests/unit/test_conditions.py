@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqtt_operator.api.conditions import get_condition, parse_conditions, remove_condition, set_condition
+from mqtt_operator.api.conditions import parse_conditions, remove_condition, set_condition
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
@@ -24,7 +24,7 @@ def test_new_condition_is_appended_with_transition_time_and_generation() -> None
 def test_same_status_keeps_transition_time_but_updates_reason_message_generation() -> None:
     conds = set_condition([], "Ready", "False", "Pending", "waiting", 1, now=T0)
     conds = set_condition(conds, "Ready", "False", "BrokerUnreachable", "no answer", 2, now=T1)
-    ready = get_condition(conds, "Ready")
+    ready = next((c for c in conds if c.type == "Ready"), None)
     assert ready is not None
     assert (ready.last_transition_time, ready.reason, ready.observed_generation) == (
         T0,

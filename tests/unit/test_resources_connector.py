@@ -11,27 +11,36 @@ import yaml
 
 from mqtt_operator.__main__ import parser
 from mqtt_operator.api.connector import KafkaConnectorSpec
+from mqtt_operator.api.kinds import KAFKA_CONNECTOR
 from mqtt_operator.bridge.config import BridgeConfig
 from mqtt_operator.controllers.counters import CounterBook
 from mqtt_operator.kafka.probe import bootstrap_addresses
-from mqtt_operator.resources.bridge_config import BrokerTarget, bridge_config, bridge_config_map
-from mqtt_operator.resources.bridge_statefulset import bridge_statefulset, worker_replicas
 from mqtt_operator.resources.broker_config import CONFIG_HASH_ANNOTATION, config_hash
-from mqtt_operator.resources.connector_names import (
-    MAX_NAME_LENGTH,
-    check_name,
-    connector_credentials_name,
-    replica_client_id,
+from mqtt_operator.resources.connector_config import (
+    connector_config,
+    connector_pod,
+    connector_rules,
+    worker_count,
 )
-from mqtt_operator.resources.connector_policy import connector_policy
-from mqtt_operator.resources.connector_user import connector_user
-from mqtt_operator.resources.identity import ConnectorIdentity
+from mqtt_operator.resources.identity import OwnerIdentity
+from mqtt_operator.resources.worker_access import worker_policy, worker_user
+from mqtt_operator.resources.worker_config import BrokerTarget, worker_config_map
+from mqtt_operator.resources.worker_names import WorkerNames
+from mqtt_operator.resources.worker_statefulset import worker_statefulset
 from mqtt_operator.settings import OperatorSettings, parse_worker_metrics_addresses
 from mqtt_operator.workers.scrape import METRICS, parse_counters
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((REPO / "examples/kafkaconnector.yaml").read_text())
-ID = ConnectorIdentity(name="vehicles", namespace="iot", uid="4d1f-uid")
+ID = OwnerIdentity(
+    name="vehicles",
+    namespace="iot",
+    uid="4d1f-uid",
+    api_version=KAFKA_CONNECTOR.api_version,
+    kind=KAFKA_CONNECTOR.kind,
+)
+NAMES = WorkerNames(KAFKA_CONNECTOR.kind, "iot", "vehicles")
+MAX_NAME_LENGTH = 45  # `<name>-bridge` within the 52 characters a StatefulSet name may have
 BROKER = BrokerTarget(host="devices.iot.svc", port=1883, session_expiry_seconds=7200)
 DOWNLINK = {
     "instanceRef": {"name": "devices"},
@@ -54,6 +63,25 @@ def downlink(**overrides: Any) -> KafkaConnectorSpec:
     return KafkaConnectorSpec.model_validate(
         {**DOWNLINK, "kafkaToMqtt": {**DOWNLINK["kafkaToMqtt"], **overrides}}
     )
+
+
+def bridge_config_map(
+    identity: OwnerIdentity, s: KafkaConnectorSpec, broker: BrokerTarget, username: str | None
+) -> dict[str, Any]:
+    return worker_config_map(identity, NAMES, connector_config(NAMES, s, broker, username))
+
+
+def bridge_statefulset(
+    identity: OwnerIdentity, s: KafkaConnectorSpec, *, image: str, config_hash: str, authorization: bool
+) -> dict[str, Any]:
+    names = WorkerNames(identity.kind, identity.namespace, identity.name)
+    return worker_statefulset(
+        identity, connector_pod(names, s), image=image, config_hash=config_hash, authorization=authorization
+    )
+
+
+def connector_policy(identity: OwnerIdentity, s: KafkaConnectorSpec) -> dict[str, Any]:
+    return worker_policy(identity, NAMES, s.instance_ref.name, connector_rules(s))
 
 
 def config_json(s: KafkaConnectorSpec, username: str | None = "vehicles-connector") -> dict[str, Any]:
@@ -115,16 +143,16 @@ class TestSpec:
 
 class TestNames:
     def test_replica_client_id_is_prefix_and_pod_name(self) -> None:
-        assert replica_client_id("iot", "vehicles", 1) == "iot.vehicles-vehicles-bridge-1"
+        assert NAMES.replica_client_id(1) == "iot.vehicles-vehicles-bridge-1"
 
     def test_long_or_odd_names_are_refused_with_the_rule(self) -> None:
-        check_name("a" * MAX_NAME_LENGTH)
+        WorkerNames(KAFKA_CONNECTOR.kind, "iot", "a" * MAX_NAME_LENGTH).check()
         for bad in ("a" * (MAX_NAME_LENGTH + 1), "1abc", "Abc", "abc-"):
             with pytest.raises(ValueError, match="DNS label of at most 45"):
-                check_name(bad)
+                WorkerNames(KAFKA_CONNECTOR.kind, "iot", bad).check()
         with pytest.raises(ValueError, match="at most 45"):
             bridge_statefulset(
-                ConnectorIdentity(name="x" * 46, namespace="iot", uid="u"),
+                OwnerIdentity("x" * 46, "iot", "u", KAFKA_CONNECTOR.api_version, KAFKA_CONNECTOR.kind),
                 spec(),
                 image="i",
                 config_hash="h",
@@ -234,7 +262,7 @@ class TestBridgeConfig:
 
     def test_the_worker_reads_back_what_the_operator_wrote(self) -> None:
         text = bridge_config_map(ID, spec(), BROKER, "u")["data"]["config.json"]
-        assert BridgeConfig.model_validate_json(text) == bridge_config(ID, spec(), BROKER, "u")
+        assert BridgeConfig.model_validate_json(text) == connector_config(NAMES, spec(), BROKER, "u")
 
     def test_metadata_and_a_hash_that_moves_only_with_the_config(self) -> None:
         cm = bridge_config_map(ID, spec(), BROKER, "u")
@@ -271,7 +299,7 @@ class TestStatefulSet:
                 "mqttToKafka": {**EXAMPLE["spec"]["mqttToKafka"], "ordered": ordered},
             }
         )
-        assert worker_replicas(s) == expected
+        assert worker_count(s) == expected
         assert sts(s)["spec"]["replicas"] == expected
 
     def test_the_one_image_runs_the_bridge_program(self) -> None:
@@ -287,10 +315,8 @@ class TestStatefulSet:
     def test_pod_name_from_the_downward_api_and_the_password_from_the_generated_secret(self) -> None:
         e = env(sts())
         assert e["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-        assert e["MQTT_PASSWORD"] == {
-            "secretKeyRef": {"name": connector_credentials_name("vehicles"), "key": "password"}
-        }
-        assert connector_credentials_name("vehicles") == "vehicles-connector-credentials"
+        assert e["MQTT_PASSWORD"] == {"secretKeyRef": {"name": NAMES.credentials, "key": "password"}}
+        assert NAMES.credentials == "vehicles-connector-credentials"
         assert "MQTT_PASSWORD" not in env(sts(authorization=False))
 
     def test_sasl_credentials_and_tls_files_from_the_referenced_secrets(self) -> None:
@@ -368,7 +394,7 @@ class TestStatefulSet:
 
 class TestBrokerIdentity:
     def test_user_generates_its_password_and_belongs_to_the_connector(self) -> None:
-        user = connector_user(ID, "devices")
+        user = worker_user(ID, NAMES, "devices")
         assert (user["kind"], user["metadata"]["name"]) == ("AuthUser", "vehicles-connector")
         assert user["spec"]["instanceRef"] == {"name": "devices"}
         assert "passwordSecretRef" not in user["spec"] and "username" not in user["spec"]

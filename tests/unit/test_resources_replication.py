@@ -8,8 +8,6 @@ import pytest
 from pydantic import ValidationError
 
 from mqtt_operator.api.replication import ReplicationTaskSpec
-from mqtt_operator.resources.bridge_config import BrokerTarget
-from mqtt_operator.resources.bridge_statefulset import worker_statefulset
 from mqtt_operator.resources.identity import OwnerIdentity
 from mqtt_operator.resources.replication_config import (
     replication_config,
@@ -17,9 +15,11 @@ from mqtt_operator.resources.replication_config import (
     replication_rules,
     worker_count,
 )
-from mqtt_operator.resources.worker_names import replication_worker_names
+from mqtt_operator.resources.worker_config import BrokerTarget
+from mqtt_operator.resources.worker_names import WorkerNames
+from mqtt_operator.resources.worker_statefulset import worker_statefulset
 
-NAMES = replication_worker_names("iot", "wills")
+NAMES = WorkerNames("ReplicationTask", "iot", "wills")
 BROKER = BrokerTarget(host="devices.iot.svc", port=1883, session_expiry_seconds=7200)
 ID = OwnerIdentity(
     name="wills", namespace="iot", uid="u", api_version="mqtt-operator.io/v1alpha1", kind="ReplicationTask"
@@ -61,9 +61,9 @@ def test_one_side_mqtt_the_other_rocketmq() -> None:
 def test_names_and_share_group_are_the_kinds_own() -> None:
     assert NAMES.workload == NAMES.user == "wills-replication"
     assert NAMES.share_group == "iot.replicationtask.wills"
-    replication_worker_names("iot", "a" * 40).check()
+    WorkerNames("ReplicationTask", "iot", "a" * 40).check()
     with pytest.raises(ValueError, match="at most 40 characters"):
-        replication_worker_names("iot", "a" * 41).check()
+        WorkerNames("ReplicationTask", "iot", "a" * 41).check()
 
 
 def test_uplink_config() -> None:

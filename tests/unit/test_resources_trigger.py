@@ -10,8 +10,6 @@ from pydantic import ValidationError
 from mqtt_operator.api.function import FunctionTriggerSpec
 from mqtt_operator.bridge.config import BridgeConfig
 from mqtt_operator.controllers.trigger import failure_event
-from mqtt_operator.resources.bridge_config import BrokerTarget, worker_config_map
-from mqtt_operator.resources.bridge_statefulset import worker_statefulset
 from mqtt_operator.resources.identity import OwnerIdentity
 from mqtt_operator.resources.trigger_config import (
     publish_filter,
@@ -20,12 +18,14 @@ from mqtt_operator.resources.trigger_config import (
     trigger_rules,
     worker_count,
 )
-from mqtt_operator.resources.worker_names import connector_worker_names, trigger_worker_names
+from mqtt_operator.resources.worker_config import BrokerTarget, worker_config_map
+from mqtt_operator.resources.worker_names import WorkerNames
+from mqtt_operator.resources.worker_statefulset import worker_statefulset
 
 ID = OwnerIdentity(
     name="alerts", namespace="iot", uid="u-1", api_version="mqtt-operator.io/v1alpha1", kind="FunctionTrigger"
 )
-NAMES = trigger_worker_names("iot", "alerts")
+NAMES = WorkerNames("FunctionTrigger", "iot", "alerts")
 BROKER = BrokerTarget(host="devices.iot.svc", port=1883, session_expiry_seconds=7200)
 
 
@@ -41,7 +41,7 @@ def spec(**fields: Any) -> FunctionTriggerSpec:
 
 
 def test_names_never_collide_with_a_connector_of_the_same_name() -> None:
-    connector = connector_worker_names("iot", "alerts")
+    connector = WorkerNames("KafkaConnector", "iot", "alerts")
     assert NAMES.workload == "alerts-trigger" != connector.workload
     assert NAMES.user == "alerts-trigger" != connector.user
     assert NAMES.share_group == "iot.functiontrigger.alerts" != connector.share_group
@@ -50,9 +50,9 @@ def test_names_never_collide_with_a_connector_of_the_same_name() -> None:
 
 
 def test_a_name_too_long_for_its_pods_is_refused_with_the_limit() -> None:
-    trigger_worker_names("iot", "a" * 44).check()
+    WorkerNames("FunctionTrigger", "iot", "a" * 44).check()
     with pytest.raises(ValueError, match="at most 44 characters"):
-        trigger_worker_names("iot", "a" * 45).check()
+        WorkerNames("FunctionTrigger", "iot", "a" * 45).check()
 
 
 def test_defaults_follow_the_cloud_service_form() -> None:
@@ -103,7 +103,7 @@ def test_config_carries_every_option_and_round_trips() -> None:
     assert fn.retry.max_delay_seconds == 120.0
     assert (fn.dead_letter_topic, fn.reply_topic) == ("fn/dead", "vehicles/{level.1}/cmd")
     assert config.mqtt.username == "alerts-trigger" and config.mqtt.client_id_prefix == NAMES.client_id_prefix
-    cm = worker_config_map(ID, NAMES.workload, config)
+    cm = worker_config_map(ID, NAMES, config)
     assert cm["metadata"]["name"] == "alerts-trigger"
     assert BridgeConfig.model_validate_json(cm["data"]["config.json"]) == config
 

@@ -69,7 +69,3 @@ def set_condition(
 
 def remove_condition(conditions: Sequence[Condition], type: str) -> list[Condition]:
     return [c for c in conditions if c.type != type]
-
-
-def get_condition(conditions: Sequence[Condition], type: str) -> Condition | None:
-    return next((c for c in conditions if c.type == type), None)

@@ -31,8 +31,11 @@ class Outcome:
     event: tuple[str, str, str] | None = None
 
 
-def ready(reason: str, message: str = "", **fields: Any) -> Outcome:
-    return Outcome(conditions=(ConditionUpdate("Ready", "True", reason, message),), fields=fields)
+def ready(
+    reason: str, message: str = "", *, extra: tuple[ConditionUpdate, ...] = (), **fields: Any
+) -> Outcome:
+    """Ready=True; `extra` are further conditions decided with it."""
+    return Outcome(conditions=(ConditionUpdate("Ready", "True", reason, message), *extra), fields=fields)
 
 
 def not_ready(

@@ -1,17 +1,15 @@
-"""ReplicationTask: one MQTT <-> RocketMQ route. Its own broker identity, the RocketMQ credentials, the
-workers' ConfigMap and StatefulSet; paused keeps every position; status as the cloud service shows it.
+"""ReplicationTask's own part of the integration reconcile (integration.py): one MQTT <-> RocketMQ
+route. The RocketMQ credentials, its workers' shape, whether RocketMQ answers; figures as the cloud
+service shows them (consumed, delivered, failed, latency, last sync time).
 
-One reconcile, in this order (each step's failure is the outcome, so the earliest cause is reported):
+The steps ReplicationTask adds to the shared ones, in order:
 
-1. the spec parses and the MqttInstance exists (`InvalidSpec`, `InstanceNotFound`, `NoPlainListener`);
-2. the RocketMQ credentials Secret, when named, exists with both keys (`SecretNotFound`,
-   `SecretKeyNotFound`);
-3. with authorization on, the AuthUser and AclPolicy `<name>-replication` are applied and Ready
-   (`Pending`, `Conflict`); with it off, the task's are removed;
-4. the ConfigMap and the StatefulSet: no replica while paused, so the MQTT sessions (and the messages
-   queued in them) and the consumer group's position stay for `state: running`;
-5. running: the RocketMQ proxy accepts a TCP connection (`RocketMQUnreachable` otherwise; the workers
-   still run and retry, holding the messages, so the route recovers by itself).
+- before the login: the RocketMQ credentials Secret, when named, exists with both keys
+  (`SecretNotFound`, `SecretKeyNotFound`);
+- the verdict: paused (no worker; the MQTT sessions, with the messages queued in them, and the
+  consumer group's position stay for `state: running`; source and target may be edited now), or
+  running once the RocketMQ proxy accepts a TCP connection (`RocketMQUnreachable` otherwise; the
+  workers still run and retry, holding the messages, so the route recovers by itself).
 
 The source and target can be edited only while paused: the CRD's transition rule refuses other edits.
 """
@@ -19,51 +17,37 @@ The source and target can be edited only while paused: the CRD's transition rule
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lightkube import ApiError, AsyncClient
+from lightkube import AsyncClient
 
 from mqtt_operator.api.conditions import now_rfc3339
+from mqtt_operator.api.kinds import REPLICATION_TASK
 from mqtt_operator.api.replication import ReplicationTaskSpec
-from mqtt_operator.controllers.counters import CounterBook
-from mqtt_operator.controllers.entries import InstanceEntry
-from mqtt_operator.controllers.latency import LatencyWindows
-from mqtt_operator.controllers.outcome import ConditionUpdate, Outcome, not_ready
-from mqtt_operator.controllers.workers import (
+from mqtt_operator.api.status import ReplicationTaskStatus
+from mqtt_operator.bridge.config import BridgeConfig
+from mqtt_operator.controllers.integration import (
     RETRY_SECONDS,
-    apply_workers,
-    broker_login,
-    broker_target,
-    delete_workers,
-    instance_problem,
-    live_workers,
-    metrics_targets,
-    parse_spec,
-    scaling_down,
+    Event,
+    Integration,
+    Step,
+    WorkerShape,
     tcp_probe,
-    worker_fields,
 )
+from mqtt_operator.controllers.outcome import Outcome, not_ready, ready
 from mqtt_operator.kube.secrets import read_secret
-from mqtt_operator.resources.identity import OwnerIdentity
 from mqtt_operator.resources.replication_config import (
     replication_config,
     replication_pod,
     replication_rules,
     worker_count,
 )
-from mqtt_operator.resources.worker_access import worker_policy
-from mqtt_operator.resources.worker_names import WorkerNames, replication_worker_names
-from mqtt_operator.settings import OperatorSettings
+from mqtt_operator.resources.worker_config import BrokerTarget
 from mqtt_operator.workers.scrape import REPLICATION_METRICS, parse_counters, parse_histogram, scrape_texts
 
 
-def names_of(body: Mapping[str, Any]) -> WorkerNames:
-    meta = body["metadata"]
-    return replication_worker_names(meta["namespace"], meta["name"])
-
-
-async def _credentials_problem(
+async def credentials_problem(
     client: AsyncClient, namespace: str, spec: ReplicationTaskSpec
 ) -> Outcome | None:
     ref = spec.rocketmq.credentials_secret_ref
@@ -88,123 +72,81 @@ async def _credentials_problem(
     return None
 
 
-async def reconcile_replication(
-    body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, instance: InstanceEntry | None
-) -> Outcome:
-    """`instance` is the MqttInstance of the task's MQTT side (from the index), None if there is none."""
-    names = names_of(body)
-    parsed = parse_spec(body, ReplicationTaskSpec, names)
-    if isinstance(parsed, Outcome):
-        return parsed
-    spec = parsed
-    identity = OwnerIdentity.from_body(body)
-    namespace = identity.namespace
-    authorization = bool(instance and instance.authorization)
-    fields: dict[str, Any] = {
-        "displayName": spec.display_name or names.name,
-        "shareGroup": names.share_group if spec.to_rocketmq else None,
-        "connectorUser": names.user if authorization else None,
-    }
-    problem = instance_problem(spec.instance_name, namespace, instance, fields)
-    if problem is not None or instance is None:
-        return problem or Outcome()
-    try:
-        missing = await _credentials_problem(client, namespace, spec)
-        if missing is not None:
-            return Outcome(missing.conditions, fields, missing.retry_after, missing.event)
-        policy = worker_policy(identity, names, instance.name, replication_rules(spec))
-        login = await broker_login(client, settings, identity, names, instance, policy, fields)
-        if isinstance(login, Outcome):
-            return login
-        config = replication_config(names, spec, broker_target(instance), login.username)
-        live_sts, waiting = await apply_workers(
-            client, settings, identity, replication_pod(names, spec), config, login, instance.authorization
-        )
-    except ApiError as err:
-        return not_ready(
-            "ApplyFailed",
-            f"the API server refused an owned object: {err.status.message}",
-            retry_after=RETRY_SECONDS,
-            **fields,
-        )
-    fields.update(worker_fields(live_sts))
-    if waiting:
-        return scaling_down(waiting, fields)
-    if spec.state == "paused":
-        return Outcome(
-            conditions=(
-                ConditionUpdate(
-                    "Ready",
-                    "False",
-                    "Paused",
-                    "state: paused: no worker runs; the MQTT sessions and the RocketMQ consumer group keep "
-                    "their place, so messages wait; source and target may be edited now",
-                ),
-            ),
-            fields=fields,
-        )
-    endpoint = spec.rocketmq.endpoints.split(";")[0]
-    why = await tcp_probe(endpoint)
-    if why is not None:
-        return not_ready(
-            "RocketMQUnreachable",
-            f"RocketMQ proxy {endpoint}: {why}; the workers keep retrying and hold the messages meanwhile",
-            retry_after=RETRY_SECONDS,
-            **fields,
-        )
-    workers = worker_count(spec)
-    ordered = " (ordered: one worker)" if spec.ordered else ""
-    direction = "MQTT -> RocketMQ" if spec.to_rocketmq else "RocketMQ -> MQTT"
-    return Outcome(
-        conditions=(
-            ConditionUpdate(
-                "Ready",
-                "True",
-                "Running",
-                f"{direction}: {workers} worker(s){ordered}, {fields['readyReplicas']} ready",
-            ),
-        ),
-        fields=fields,
-    )
+class ReplicationTask(Integration[ReplicationTaskSpec, ReplicationTaskStatus]):
+    kind = REPLICATION_TASK
+    status_model = ReplicationTaskStatus
+    shape = WorkerShape(worker_count, replication_rules, replication_pod)
+    metrics = REPLICATION_METRICS
 
+    @staticmethod
+    def instance_ref(body: Mapping[str, Any]) -> str:
+        """The MqttInstance of the task's MQTT side (source.mqtt or target.mqtt)."""
+        spec = body.get("spec") or {}
+        side = (spec.get("source") or {}).get("mqtt") or (spec.get("target") or {}).get("mqtt") or {}
+        return str((side.get("instanceRef") or {}).get("name", ""))
 
-async def delete_replication(
-    body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, instance: InstanceEntry | None
-) -> None:
-    names = names_of(body)
-    parsed = parse_spec(body, ReplicationTaskSpec, names)
-    replicas = None if isinstance(parsed, Outcome) else parsed.replicas
-    await delete_workers(client, settings, OwnerIdentity.from_body(body), names, instance, replicas)
+    def parse_spec(self, raw: Mapping[str, Any]) -> ReplicationTaskSpec:
+        return ReplicationTaskSpec.model_validate(raw)
 
+    def new_status(self) -> ReplicationTaskStatus:
+        spec = self.spec
+        return ReplicationTaskStatus(
+            display_name=spec.display_name or self.names.name,
+            share_group=self.names.share_group if spec.to_rocketmq else None,
+        )
 
-async def collect_figures(
-    body: Mapping[str, Any],
-    client: AsyncClient,
-    settings: OperatorSettings,
-    book: CounterBook,
-    windows: LatencyWindows,
-) -> dict[str, Any]:
-    """consumed / delivered / failed / deadLettered (summed since the task was created), the latency of
-    the messages delivered since the last collection, lastSyncTime when messages were delivered
-    meanwhile, replicas. Only fields that should be written."""
-    identity = OwnerIdentity.from_body(body)
-    names = names_of(body)
-    key = (names.namespace, names.name, identity.uid)
-    texts = await scrape_texts(await metrics_targets(client, settings, identity))
-    status: Mapping[str, Any] = body.get("status") or {}
-    shown = {name: status[name] for name in REPLICATION_METRICS if name in status} or None
-    totals = book.update(key, shown, {w: parse_counters(t, REPLICATION_METRICS) for w, t in texts.items()})
-    fields: dict[str, Any] = dict(worker_fields(await live_workers(client, names)))
-    if not texts:
-        return fields
-    fields.update({name: value for name, value in totals.items() if status.get(name) != value})
-    if shown is not None and totals["delivered"] > int(shown.get("delivered", 0)):
-        fields["lastSyncTime"] = now_rfc3339()
-    merged: dict[float, float] = {}
-    for text in texts.values():
-        for bound, count in parse_histogram(text).items():
-            merged[bound] = merged.get(bound, 0.0) + count
-    latency = windows.update(key, merged, time.monotonic())
-    if latency is not None:
-        fields["latency"] = latency.to_status()
-    return fields
+    def config(self, broker: BrokerTarget, username: str | None) -> BridgeConfig:
+        return replication_config(self.names, self.spec, broker, username)
+
+    def checks_before_login(self) -> Sequence[Step]:
+        return (self.check_credentials,)
+
+    async def check_credentials(self) -> Outcome | None:
+        return await credentials_problem(self.client, self.names.namespace, self.spec)
+
+    async def verdict(self) -> Outcome:
+        spec = self.spec
+        if spec.state == "paused":
+            return not_ready(
+                "Paused",
+                "state: paused: no worker runs; the MQTT sessions and the RocketMQ consumer group keep "
+                "their place, so messages wait; source and target may be edited now",
+                warn=False,
+            )
+        endpoint = spec.rocketmq.endpoints.split(";")[0]
+        why = await tcp_probe(endpoint)
+        if why is not None:
+            return not_ready(
+                "RocketMQUnreachable",
+                f"RocketMQ proxy {endpoint}: {why}; the workers keep retrying and hold the messages "
+                "meanwhile",
+                retry_after=RETRY_SECONDS,
+            )
+        ordered = " (ordered: one worker)" if spec.ordered else ""
+        direction = "MQTT -> RocketMQ" if spec.to_rocketmq else "RocketMQ -> MQTT"
+        workers = f"{self.worker_count()} worker(s){ordered}, {self.status.ready_replicas} ready"
+        return ready("Running", f"{direction}: {workers}")
+
+    async def figures(self) -> tuple[dict[str, Any], Event | None]:
+        """consumed / delivered / failed / deadLettered (summed since the task was created), the latency
+        of the messages delivered since the last collection, lastSyncTime when messages were delivered
+        meanwhile, replicas. Only fields that should be written."""
+        texts = await scrape_texts(self.metrics_targets())
+        status: Mapping[str, Any] = self.body.get("status") or {}
+        shown = {name: status[name] for name in self.metrics if name in status} or None
+        book = self.memory.book(self.kind.kind, self.metrics)
+        totals = book.update(self.key, shown, {w: parse_counters(t, self.metrics) for w, t in texts.items()})
+        fields = self.worker_fields()
+        if not texts:
+            return fields, None
+        fields.update({name: value for name, value in totals.items() if status.get(name) != value})
+        if shown is not None and totals["delivered"] > int(shown.get("delivered", 0)):
+            fields["lastSyncTime"] = now_rfc3339()
+        merged: dict[float, float] = {}
+        for text in texts.values():
+            for bound, count in parse_histogram(text).items():
+                merged[bound] = merged.get(bound, 0.0) + count
+        latency = self.memory.latency.update(self.key, merged, time.monotonic())
+        if latency is not None:
+            fields["latency"] = latency.to_status()
+        return fields, None

@@ -1,25 +1,23 @@
-"""FunctionTrigger: the function's address, the trigger's own broker identity, the workers' ConfigMap and
-StatefulSet, whether the function answers; on deletion, what it created goes; counters from its workers.
+"""FunctionTrigger's own part of the integration reconcile (integration.py): the function's address,
+its workers' shape, whether the function answers, and a Warning Event when messages failed.
 
-One reconcile, in this order (each step's failure is the outcome, so the earliest cause is reported):
+The steps FunctionTrigger adds to the shared ones, in order:
 
-1. the spec parses and the MqttInstance exists (`InvalidSpec`, `InstanceNotFound`, `NoPlainListener`);
-2. the function's URL: `url` as given, a Service's cluster address (`ServiceNotFound`), or a Knative
-   Service's `status.address.url` (`KnativeNotInstalled`, `ServiceNotFound`, `FunctionNotReady`);
-3. with authorization on, the AuthUser and AclPolicy `<name>-trigger` are applied and Ready (`Pending`,
-   `Conflict`); with it off, the trigger's are removed;
-4. the ConfigMap and the StatefulSet (no replica while `enabled: false`: their sessions stay in the
-   broker, so messages published meanwhile wait for them);
-5. `FunctionReachable`: what the workers report (`bridge_connected{endpoint="function"}`), or while no
-   worker answers, a TCP connection the operator opens to the function's host and port (it calls
-   nothing). An unreachable function makes the trigger not Ready, but the workers still run: they
-   hold the sessions in which messages wait until the function answers.
+- before the login: the function's URL: `url` as given, a Service's cluster address
+  (`ServiceNotFound`), or a Knative Service's `status.address.url` (`KnativeNotInstalled`,
+  `ServiceNotFound`, `FunctionNotReady`);
+- the verdict: disabled (no worker; their sessions stay in the broker, so messages published meanwhile
+  wait for them), or `FunctionReachable`: what the workers report
+  (`bridge_connected{endpoint="function"}`), or while no worker answers, a TCP connection the
+  operator opens to the function's host and port (it calls nothing). An unreachable function makes the
+  trigger not Ready, but the workers still run: they hold the sessions in which messages wait until the
+  function answers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
@@ -27,45 +25,25 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Service
 
 from mqtt_operator.api.function import FunctionTriggerSpec
-from mqtt_operator.controllers.counters import CounterBook
-from mqtt_operator.controllers.entries import InstanceEntry
-from mqtt_operator.controllers.outcome import ConditionUpdate, Outcome, not_ready
-from mqtt_operator.controllers.workers import (
-    apply_workers,
-    broker_login,
-    broker_target,
-    delete_workers,
-    instance_problem,
-    metrics_targets,
-    parse_spec,
-    scaling_down,
+from mqtt_operator.api.kinds import FUNCTION_TRIGGER
+from mqtt_operator.api.status import FunctionTriggerStatus
+from mqtt_operator.bridge.config import BridgeConfig
+from mqtt_operator.controllers.integration import (
+    RETRY_SECONDS,
+    Event,
+    Integration,
+    Step,
+    WorkerShape,
     tcp_probe,
-    worker_fields,
 )
-from mqtt_operator.controllers.workers import (
-    collect_counters as collect_worker_counters,
-)
+from mqtt_operator.controllers.outcome import ConditionUpdate, Outcome, not_ready, ready
 from mqtt_operator.kube.apply import get
-from mqtt_operator.resources.identity import OwnerIdentity
-from mqtt_operator.resources.trigger_config import (
-    trigger_config,
-    trigger_pod,
-    trigger_rules,
-    worker_count,
-)
-from mqtt_operator.resources.worker_access import worker_policy
-from mqtt_operator.resources.worker_names import WorkerNames, trigger_worker_names
-from mqtt_operator.settings import OperatorSettings
+from mqtt_operator.resources.trigger_config import trigger_config, trigger_pod, trigger_rules, worker_count
+from mqtt_operator.resources.worker_config import BrokerTarget
 from mqtt_operator.workers.scrape import FUNCTION_GAUGES, FUNCTION_METRICS, FUNCTION_REACHABLE, scrape_all
 
 log = logging.getLogger(__name__)
-RETRY_SECONDS = 30
 KnativeService = create_namespaced_resource("serving.knative.dev", "v1", "Service", "services")
-
-
-def names_of(body: Mapping[str, Any]) -> WorkerNames:
-    meta = body["metadata"]
-    return trigger_worker_names(meta["namespace"], meta["name"])
 
 
 async def resolve_url(client: AsyncClient, namespace: str, spec: FunctionTriggerSpec) -> str | Outcome:
@@ -119,10 +97,8 @@ async def resolve_url(client: AsyncClient, namespace: str, spec: FunctionTrigger
     return str(address).rstrip("/") + knative.path
 
 
-async def function_reachable(
-    client: AsyncClient, settings: OperatorSettings, identity: OwnerIdentity, url: str
-) -> ConditionUpdate:
-    scraped = await scrape_all(await metrics_targets(client, settings, identity), FUNCTION_GAUGES)
+async def function_reachable(targets: Mapping[str, str], url: str) -> ConditionUpdate:
+    scraped = await scrape_all(targets, FUNCTION_GAUGES)
     if scraped:
         reaching = sum(1 for values in scraped.values() if values.get(FUNCTION_REACHABLE, 0) > 0)
         if reaching:
@@ -149,95 +125,7 @@ async def function_reachable(
     return ConditionUpdate("FunctionReachable", "False", "Unreachable", f"{why} (checked by the operator)")
 
 
-async def reconcile_trigger(
-    body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, instance: InstanceEntry | None
-) -> Outcome:
-    """`instance` is the MqttInstance named by spec.instanceRef (from the index), None if there is none."""
-    names = names_of(body)
-    parsed = parse_spec(body, FunctionTriggerSpec, names)
-    if isinstance(parsed, Outcome):
-        return parsed
-    spec = parsed
-    identity = OwnerIdentity.from_body(body)
-    namespace = identity.namespace
-    authorization = bool(instance and instance.authorization)
-    fields: dict[str, Any] = {
-        "shareGroup": names.share_group,
-        "connectorUser": names.user if authorization else None,
-    }
-    problem = instance_problem(spec.instance_ref.name, namespace, instance, fields)
-    if problem is not None or instance is None:
-        return problem or Outcome()
-    try:
-        url = await resolve_url(client, namespace, spec)
-        if isinstance(url, Outcome):
-            return Outcome(url.conditions, {**fields, **url.fields}, url.retry_after, url.event)
-        fields["functionUrl"] = url
-        policy = worker_policy(identity, names, instance.name, trigger_rules(spec))
-        login = await broker_login(client, settings, identity, names, instance, policy, fields)
-        if isinstance(login, Outcome):
-            return login
-        config = trigger_config(names, spec, broker_target(instance), login.username, url)
-        live_sts, waiting = await apply_workers(
-            client, settings, identity, trigger_pod(names, spec), config, login, instance.authorization
-        )
-    except ApiError as err:
-        return not_ready(
-            "ApplyFailed",
-            f"the API server refused an owned object: {err.status.message}",
-            retry_after=RETRY_SECONDS,
-            **fields,
-        )
-    fields.update(worker_fields(live_sts))
-    if waiting:
-        return scaling_down(waiting, fields)
-    if not spec.enabled:
-        return Outcome(
-            conditions=(
-                ConditionUpdate(
-                    "Ready",
-                    "False",
-                    "Disabled",
-                    "enabled: false: no worker runs; their MQTT sessions stay in the broker, so messages "
-                    f"published meanwhile wait for them (up to the instance's sessions.expiry, "
-                    f"{instance.session_expiry_seconds} s)",
-                ),
-                ConditionUpdate("FunctionReachable", "Unknown", "Disabled", "not checked while disabled"),
-            ),
-            fields=fields,
-        )
-    reachable = await function_reachable(client, settings, identity, url)
-    workers = worker_count(spec)
-    ordered = " (ordered: one worker, one call at a time)" if spec.ordered else ""
-    if reachable.status == "False":
-        return not_ready(
-            "FunctionUnreachable",
-            f"{reachable.message}; {workers} worker(s) hold the subscription meanwhile",
-            retry_after=RETRY_SECONDS,
-            extra=(reachable,),
-            **fields,
-        )
-    return Outcome(
-        conditions=(
-            ConditionUpdate(
-                "Ready", "True", "Running", f"{workers} worker(s){ordered}, {fields['readyReplicas']} ready"
-            ),
-            reachable,
-        ),
-        fields=fields,
-    )
-
-
-async def delete_trigger(
-    body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, instance: InstanceEntry | None
-) -> None:
-    names = names_of(body)
-    parsed = parse_spec(body, FunctionTriggerSpec, names)
-    replicas = None if isinstance(parsed, Outcome) else parsed.replicas
-    await delete_workers(client, settings, OwnerIdentity.from_body(body), names, instance, replicas)
-
-
-def failure_event(shown: Mapping[str, Any] | None, totals: Mapping[str, int]) -> tuple[str, str, str] | None:
+def failure_event(shown: Mapping[str, Any] | None, totals: Mapping[str, int]) -> Event | None:
     """A Warning Event when messages failed for good since the counters were last shown."""
     if shown is None:
         return None
@@ -254,13 +142,65 @@ def failure_event(shown: Mapping[str, Any] | None, totals: Mapping[str, int]) ->
     )
 
 
-async def collect_counters(
-    body: Mapping[str, Any], client: AsyncClient, settings: OperatorSettings, book: CounterBook
-) -> tuple[dict[str, Any], tuple[str, str, str] | None]:
-    """The status fields the workers decide (counters summed since the trigger was created, replicas),
-    only those that should be written; and an Event to record when messages failed meanwhile."""
-    shown = (body.get("status") or {}).get("counters")
-    fields, totals = await collect_worker_counters(
-        body, client, settings, book, names_of(body), FUNCTION_METRICS
-    )
-    return fields, failure_event(shown, totals) if "counters" in fields else None
+class FunctionTrigger(Integration[FunctionTriggerSpec, FunctionTriggerStatus]):
+    kind = FUNCTION_TRIGGER
+    status_model = FunctionTriggerStatus
+    shape = WorkerShape(worker_count, trigger_rules, trigger_pod)
+    metrics = FUNCTION_METRICS
+
+    @staticmethod
+    def instance_ref(body: Mapping[str, Any]) -> str:
+        return str(((body.get("spec") or {}).get("instanceRef") or {}).get("name", ""))
+
+    def parse_spec(self, raw: Mapping[str, Any]) -> FunctionTriggerSpec:
+        return FunctionTriggerSpec.model_validate(raw)
+
+    def new_status(self) -> FunctionTriggerStatus:
+        return FunctionTriggerStatus(share_group=self.names.share_group)
+
+    def config(self, broker: BrokerTarget, username: str | None) -> BridgeConfig:
+        assert self.status.function_url is not None
+        return trigger_config(self.names, self.spec, broker, username, self.status.function_url)
+
+    def checks_before_login(self) -> Sequence[Step]:
+        return (self.find_function,)
+
+    async def find_function(self) -> Outcome | None:
+        url = await resolve_url(self.client, self.names.namespace, self.spec)
+        if isinstance(url, Outcome):
+            return url
+        self.status.function_url = url
+        return None
+
+    async def verdict(self) -> Outcome:
+        if not self.spec.enabled:
+            return not_ready(
+                "Disabled",
+                "enabled: false: no worker runs; their MQTT sessions stay in the broker, so messages "
+                "published meanwhile wait for them (up to the instance's sessions.expiry, "
+                f"{self.instance.session_expiry_seconds} s)",
+                warn=False,
+                extra=(
+                    ConditionUpdate("FunctionReachable", "Unknown", "Disabled", "not checked while disabled"),
+                ),
+            )
+        url = self.status.function_url or ""
+        reachable = await function_reachable(self.metrics_targets(), url)
+        workers = self.worker_count()
+        if reachable.status == "False":
+            return not_ready(
+                "FunctionUnreachable",
+                f"{reachable.message}; {workers} worker(s) hold the subscription meanwhile",
+                retry_after=RETRY_SECONDS,
+                extra=(reachable,),
+            )
+        ordered = " (ordered: one worker, one call at a time)" if self.spec.ordered else ""
+        return ready(
+            "Running", f"{workers} worker(s){ordered}, {self.status.ready_replicas} ready", extra=(reachable,)
+        )
+
+    async def figures(self) -> tuple[dict[str, Any], Event | None]:
+        """The counters, and a Warning Event when messages failed for good meanwhile."""
+        shown = (self.body.get("status") or {}).get("counters")
+        fields, totals = await self.collect_counters()
+        return fields, failure_event(shown, totals) if "counters" in fields else None

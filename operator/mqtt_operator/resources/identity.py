@@ -1,4 +1,4 @@
-"""Who owns an object the operator builds (an MqttInstance, a KafkaConnector), and the metadata every
+"""Who owns an object the operator builds (an MqttInstance, an integration), and the metadata every
 builder stamps on it."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from mqtt_operator.api.kinds import KAFKA_CONNECTOR, MQTT_INSTANCE
+from mqtt_operator.api.kinds import MQTT_INSTANCE
 from mqtt_operator.resources import meta
 
 # The component label of the broker's Pods and of the objects that exist for them (Services, config ...).
@@ -78,9 +78,3 @@ class OwnerIdentity:
 class InstanceIdentity(OwnerIdentity):
     api_version: str = MQTT_INSTANCE.api_version
     kind: str = MQTT_INSTANCE.kind
-
-
-@dataclass(frozen=True)
-class ConnectorIdentity(OwnerIdentity):
-    api_version: str = KAFKA_CONNECTOR.api_version
-    kind: str = KAFKA_CONNECTOR.kind

@@ -12,18 +12,14 @@ from mqtt_operator.bridge.config import (
     ROCKETMQ_SECRET_KEY_ENV,
     BridgeConfig,
     KeySpec,
-    MqttEndpoint,
     MqttToRocketMQ,
     RocketMQEndpoint,
     RocketMQToMqtt,
 )
-from mqtt_operator.resources.bridge_config import (
-    METRICS_PORT,
-    BrokerTarget,
-)
-from mqtt_operator.resources.bridge_statefulset import WorkerPod
 from mqtt_operator.resources.worker_access import allow_rules, publish_filter
+from mqtt_operator.resources.worker_config import METRICS_PORT, BrokerTarget, mqtt_endpoint, owner
 from mqtt_operator.resources.worker_names import WorkerNames
+from mqtt_operator.resources.worker_statefulset import WorkerPod, secret_env
 
 
 def worker_count(spec: ReplicationTaskSpec) -> int:
@@ -33,16 +29,12 @@ def worker_count(spec: ReplicationTaskSpec) -> int:
     return min(spec.replicas, 1) if spec.ordered else spec.replicas
 
 
-def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-
-
 def replication_pod(names: WorkerNames, spec: ReplicationTaskSpec) -> WorkerPod:
     env: list[dict[str, Any]] = []
     ref = spec.rocketmq.credentials_secret_ref
     if ref is not None:
-        env.append(_secret_env(ROCKETMQ_ACCESS_KEY_ENV, ref.name, ref.access_key_key))
-        env.append(_secret_env(ROCKETMQ_SECRET_KEY_ENV, ref.name, ref.secret_key_key))
+        env.append(secret_env(ROCKETMQ_ACCESS_KEY_ENV, ref.name, ref.access_key_key))
+        env.append(secret_env(ROCKETMQ_SECRET_KEY_ENV, ref.name, ref.secret_key_key))
     return WorkerPod(names=names, replicas=worker_count(spec), env=tuple(env), resources=spec.resources)
 
 
@@ -88,14 +80,8 @@ def replication_config(
             ordered=source.ordered,
         )
     return BridgeConfig(
-        owner=f"{names.namespace}/{names.name}",
-        mqtt=MqttEndpoint(
-            host=broker.host,
-            port=broker.port,
-            username=username,
-            client_id_prefix=names.client_id_prefix,
-            session_expiry_seconds=broker.session_expiry_seconds,
-        ),
+        owner=owner(names),
+        mqtt=mqtt_endpoint(names, broker, username),
         rocketmq=RocketMQEndpoint(
             endpoints=rocketmq.endpoints,
             tls=rocketmq.tls,

@@ -7,14 +7,11 @@ from typing import Any
 
 from mqtt_operator.api.base import duration_seconds
 from mqtt_operator.api.function import FunctionTriggerSpec
-from mqtt_operator.bridge.config import BridgeConfig, FunctionCall, MqttEndpoint, MqttToFunction, RetryPolicy
-from mqtt_operator.resources.bridge_config import (
-    METRICS_PORT,
-    BrokerTarget,
-)
-from mqtt_operator.resources.bridge_statefulset import WorkerPod
+from mqtt_operator.bridge.config import BridgeConfig, FunctionCall, MqttToFunction, RetryPolicy
 from mqtt_operator.resources.worker_access import allow_rules, publish_filter
+from mqtt_operator.resources.worker_config import METRICS_PORT, BrokerTarget, mqtt_endpoint, owner
 from mqtt_operator.resources.worker_names import WorkerNames
+from mqtt_operator.resources.worker_statefulset import WorkerPod
 
 
 def event_source(namespace: str, instance: str) -> str:
@@ -57,14 +54,8 @@ def trigger_config(
     """`username` is the trigger's own broker account, None when the instance enforces no authorization."""
     retry = spec.retry
     return BridgeConfig(
-        owner=f"{names.namespace}/{names.name}",
-        mqtt=MqttEndpoint(
-            host=broker.host,
-            port=broker.port,
-            username=username,
-            client_id_prefix=names.client_id_prefix,
-            session_expiry_seconds=broker.session_expiry_seconds,
-        ),
+        owner=owner(names),
+        mqtt=mqtt_endpoint(names, broker, username),
         mqtt_to_function=MqttToFunction(
             topic_filters=spec.topic_filters,
             share_group=names.share_group,

@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mqtt_operator.api.kinds import ACL_POLICY, AUTH_USER
-from mqtt_operator.resources.connector_names import ACCESS_COMPONENT
 from mqtt_operator.resources.identity import OwnerIdentity
-from mqtt_operator.resources.worker_names import WorkerNames
+from mqtt_operator.resources.worker_names import ACCESS_COMPONENT, WorkerNames
 
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
 # The AclPolicy CRD allows at most 32 topics per rule; an integration may list 64 filters.

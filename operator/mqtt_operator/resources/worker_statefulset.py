@@ -1,5 +1,5 @@
-"""The workers' StatefulSet (`<name>-bridge`, `<name>-trigger`): hardened `mqtt-operator bridge` Pods with
-stable names.
+"""The workers' StatefulSet (`<workload>`, worker_names.py): hardened Pods running the bridge program
+(`mqtt-operator bridge`) with stable names, the same for every integration kind.
 
 A StatefulSet, not a Deployment: a worker's MQTT client id is `<prefix>-<Pod name>`, and only a
 StatefulSet Pod keeps its name across restarts, so a restarted worker resumes its persistent session
@@ -13,42 +13,22 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from mqtt_operator.api.connector import KafkaConnectorSpec
-from mqtt_operator.bridge.config import KAFKA_SASL_PASSWORD_ENV, KAFKA_SASL_USERNAME_ENV, MQTT_PASSWORD_ENV
-from mqtt_operator.resources.bridge_config import (
-    CONFIG_DIR,
-    CONFIG_PATH,
-    KAFKA_CA_DIR,
-    KAFKA_CLIENT_CERT_DIR,
-    METRICS_PORT,
-)
+from mqtt_operator.bridge.config import MQTT_PASSWORD_ENV
 from mqtt_operator.resources.broker_config import CONFIG_HASH_ANNOTATION
-from mqtt_operator.resources.connector_names import BRIDGE_COMPONENT, check_name
-from mqtt_operator.resources.identity import ConnectorIdentity, OwnerIdentity
-from mqtt_operator.resources.worker_names import WorkerNames, connector_worker_names
+from mqtt_operator.resources.identity import OwnerIdentity
+from mqtt_operator.resources.worker_config import CONFIG_DIR, CONFIG_PATH, METRICS_PORT
+from mqtt_operator.resources.worker_names import WORKER_COMPONENT, WorkerNames
 
 WORKER_UID = 65532  # the image's mqtt-operator user
 POD_NAME_ENV = "POD_NAME"
 CONTAINER = "bridge"
 CONFIG_VOLUME = "config"
 TMP_VOLUME = "tmp"
-KAFKA_CA_VOLUME = "kafka-ca"
-KAFKA_CLIENT_CERT_VOLUME = "kafka-client-cert"
 # The worker drains within BridgeConfig.drain_seconds (20 s) of SIGTERM; this leaves it room.
 TERMINATION_GRACE_SECONDS = 30
 
 
-def worker_replicas(spec: KafkaConnectorSpec) -> int:
-    """0 unless running; one worker for `ordered: true` (per-key order needs a single consumer of the
-    shared subscription); otherwise spec.replicas."""
-    if spec.state != "running":
-        return 0
-    if spec.mqtt_to_kafka is not None and spec.mqtt_to_kafka.ordered:
-        return min(spec.replicas, 1)
-    return spec.replicas
-
-
-def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
@@ -70,35 +50,13 @@ class WorkerPod:
     resources: dict[str, Any] | None = None
 
 
-def connector_pod(identity: ConnectorIdentity, spec: KafkaConnectorSpec) -> WorkerPod:
-    env: list[dict[str, Any]] = []
-    sasl = spec.kafka.sasl
-    if sasl is not None:
-        ref = sasl.secret_ref
-        env.append(_secret_env(KAFKA_SASL_USERNAME_ENV, ref.name, ref.username_key))
-        env.append(_secret_env(KAFKA_SASL_PASSWORD_ENV, ref.name, ref.password_key))
-    mounts: list[SecretMount] = []
-    tls = spec.kafka.tls
-    if tls is not None and tls.ca_secret_ref is not None:
-        mounts.append(SecretMount(KAFKA_CA_VOLUME, tls.ca_secret_ref.name, KAFKA_CA_DIR))
-    if tls is not None and tls.cert_secret_ref is not None:
-        mounts.append(SecretMount(KAFKA_CLIENT_CERT_VOLUME, tls.cert_secret_ref.name, KAFKA_CLIENT_CERT_DIR))
-    return WorkerPod(
-        names=connector_worker_names(identity.namespace, identity.name),
-        replicas=worker_replicas(spec),
-        env=tuple(env),
-        secret_mounts=tuple(mounts),
-        resources=spec.resources,
-    )
-
-
 def _env(pod: WorkerPod, authorization: bool) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         # The worker's client id is `<clientIdPrefix>-$POD_NAME`.
         {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     if authorization:
-        env.append(_secret_env(MQTT_PASSWORD_ENV, pod.names.credentials, "password"))
+        env.append(secret_env(MQTT_PASSWORD_ENV, pod.names.credentials, "password"))
     return env + [dict(item) for item in pod.env]
 
 
@@ -160,25 +118,6 @@ def _container(pod: WorkerPod, image: str, authorization: bool) -> dict[str, Any
     return container
 
 
-def bridge_statefulset(
-    identity: ConnectorIdentity,
-    spec: KafkaConnectorSpec,
-    *,
-    image: str,
-    config_hash: str,
-    authorization: bool,
-) -> dict[str, Any]:
-    """A KafkaConnector's workers (see worker_statefulset)."""
-    check_name(identity.name)
-    return worker_statefulset(
-        identity,
-        connector_pod(identity, spec),
-        image=image,
-        config_hash=config_hash,
-        authorization=authorization,
-    )
-
-
 def worker_statefulset(
     identity: OwnerIdentity, pod: WorkerPod, *, image: str, config_hash: str, authorization: bool
 ) -> dict[str, Any]:
@@ -189,16 +128,16 @@ def worker_statefulset(
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": identity.metadata(pod.names.workload, BRIDGE_COMPONENT),
+        "metadata": identity.metadata(pod.names.workload, WORKER_COMPONENT),
         "spec": {
             "replicas": pod.replicas,
-            "selector": {"matchLabels": identity.selector_labels(BRIDGE_COMPONENT)},
+            "selector": {"matchLabels": identity.selector_labels(WORKER_COMPONENT)},
             # Workers are independent: start and stop them all at once, not one after the other.
             "podManagementPolicy": "Parallel",
             "template": {
                 "metadata": {
                     # No version label: an operator upgrade must not restart every worker.
-                    "labels": identity.labels(BRIDGE_COMPONENT, include_version=False),
+                    "labels": identity.labels(WORKER_COMPONENT, include_version=False),
                     "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
                 },
                 "spec": {
