@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--broker-addresses-file",
         metavar="PATH",
-        help="a file of NS/NAME=HOST:PORT lines, re-read when it changes (used by `make dev`)",
+        help="a file of NS/NAME=HOST:PORT lines, re-read when it changes",
     )
     run.add_argument(
         "--drift-period",

@@ -21,10 +21,10 @@ class OperatorSettings:
     # Which component name Events and managed fields carry.
     field_manager: str = "mqtt-operator"
     # "namespace/instance" -> "host:port": where to reach a broker when the Service's cluster DNS name
-    # does not resolve (the operator running outside the cluster: `make dev`, the tests).
+    # does not resolve (the operator running outside the cluster: the integration tests).
     broker_addresses: Mapping[str, str] = field(default_factory=dict)
-    # The same, in a file of NS/NAME=HOST:PORT lines re-read when it changes (for `make dev`, which
-    # starts a local broker for each MqttInstance as it appears).
+    # The same, in a file of NS/NAME=HOST:PORT lines re-read when it changes (brokers that appear
+    # while the operator runs).
     broker_addresses_file: str | None = None
     # How often every broker is compared in full with the declared users and policies.
     drift_period_seconds: float = 30.0

@@ -307,6 +307,18 @@ def test_cluster_wide_uses_a_cluster_role(helm_env: dict[str, str]) -> None:
     ]
 
 
+@pytest.mark.parametrize("values", [[], CLUSTER_WIDE], ids=["namespaced", "cluster-wide"])
+def test_knative_services_are_only_read(helm_env: dict[str, str], values: list[str]) -> None:
+    """A FunctionTrigger's knativeServiceRef: the operator reads the Knative Service's address. The rule
+    is checked as rendered: `kubectl auth can-i` cannot name a resource of an API group the test's API
+    server does not serve."""
+    manifests = rendered(helm_env, *values)
+    kind = "ClusterRole" if values else "Role"
+    role = next(m for m in of_kind(manifests, kind) if m["metadata"]["name"] == "mqtt-mqtt-operator")
+    knative = [rule for rule in role["rules"] if "serving.knative.dev" in rule["apiGroups"]]
+    assert knative == [{"apiGroups": ["serving.knative.dev"], "resources": ["services"], "verbs": ["get"]}]
+
+
 def test_broker_image_and_drift_period_reach_the_operator(helm_env: dict[str, str]) -> None:
     manifests = rendered(
         helm_env, "--set", "brokerImage=mirror.example/mosquitto:2.0.21", "--set", "driftPeriodSeconds=5"

@@ -142,4 +142,8 @@ watchNamespaces, or the release namespace when it is empty.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, update, delete]
+# A FunctionTrigger's knativeServiceRef: the Knative Service is only read, for its address.
+- apiGroups: [serving.knative.dev]
+  resources: [services]
+  verbs: [get]
 {{- end }}
