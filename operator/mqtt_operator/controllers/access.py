@@ -19,9 +19,17 @@ from lightkube import AsyncClient
 
 from mqtt_operator.api.conditions import now_rfc3339
 from mqtt_operator.broker import acl
+from mqtt_operator.broker.client import DynsecClient
 from mqtt_operator.broker.errors import BrokerError
-from mqtt_operator.broker.model import DENY_BY_DEFAULT, BrokerClient, DesiredClient, Ownership
-from mqtt_operator.broker.plan import plan
+from mqtt_operator.broker.model import (
+    DENY_BY_DEFAULT,
+    BrokerClient,
+    BrokerRole,
+    DefaultAclAccess,
+    DesiredClient,
+    Ownership,
+)
+from mqtt_operator.broker.plan import Plan, plan
 from mqtt_operator.broker.pool import BrokerAddress, BrokerPool
 from mqtt_operator.controllers.coalesce import Coalescer
 from mqtt_operator.controllers.credentials import ensure_generated_secret
@@ -70,6 +78,52 @@ class _UserPlan:
     outcome: Outcome | None = None
 
 
+@dataclass
+class _Run:
+    """One sync's context: what the steps learn, in order."""
+
+    namespace: str
+    instance_name: str
+    snap: AccessSnapshot
+    report: SyncReport = field(default_factory=SyncReport)
+    broker: DynsecClient | None = None
+    actual_clients: list[BrokerClient] = field(default_factory=list)
+    actual_roles: list[BrokerRole] = field(default_factory=list)
+    actual_defaults: DefaultAclAccess | None = None
+    user_plans: list[_UserPlan] = field(default_factory=list)
+    plan: Plan = field(default_factory=lambda: Plan(commands=()))
+    refused: dict[str, str] = field(default_factory=dict)  # subject -> why the broker refused it
+    secrets_seconds: float = 0.0
+
+    @property
+    def instance(self) -> InstanceEntry:
+        assert self.snap.instance is not None
+        return self.snap.instance
+
+
+def _failed(reason: str, message: str, *, retry_after: float | None = None, warn: bool = True) -> SyncReport:
+    """The whole instance failed: the outcome of every object in it."""
+    return SyncReport(failure=not_ready(reason, message, retry_after=retry_after, warn=warn))
+
+
+def _synced(up: _UserPlan, now: str) -> Outcome:
+    fields: dict[str, object] = {"username": up.entry.username, "secretName": up.entry.secret_name}
+    if up.password is not None:
+        fields.update(passwordSecretResourceVersion=up.version, lastPasswordSyncTime=now)
+    return Outcome(
+        conditions=(
+            ConditionUpdate("Ready", "True", "Synced", f"account {up.entry.username!r} is in the broker"),
+            ConditionUpdate(
+                "PasswordSynced",
+                "True",
+                "PasswordSet",
+                f"the broker holds the password of Secret {up.entry.secret_name!r}",
+            ),
+        ),
+        fields=fields,
+    )
+
+
 class AccessSync:
     def __init__(self, client: AsyncClient, pool: BrokerPool, settings: OperatorSettings) -> None:
         self.client = client
@@ -90,72 +144,79 @@ class AccessSync:
         return self._password_versions.get((namespace, instance, username)) != secret_version
 
     async def _sync(self, namespace: str, instance_name: str, snap: AccessSnapshot) -> SyncReport:
-        inst = snap.instance
+        """The ordered steps of one sync over one context; the first that returns a report ends it."""
+        run = _Run(namespace, instance_name, snap)
+        for step in (self._check_instance, self._read_broker, self._desire, self._apply):
+            failure = await step(run)
+            if failure is not None:
+                return failure
+        return self._report(run)
+
+    async def _check_instance(self, run: _Run) -> SyncReport | None:
+        """The instance exists, enforces authorization and has the listener the operator manages it by."""
+        inst, name, namespace = run.snap.instance, run.instance_name, run.namespace
         if inst is None or inst.deleting:
-            return SyncReport(
-                failure=not_ready(
-                    "InstanceNotFound",
-                    f"MqttInstance {instance_name!r} does not exist in namespace {namespace!r}: "
-                    "create it or correct spec.instanceRef.name",
-                    retry_after=10,
-                )
+            return _failed(
+                "InstanceNotFound",
+                f"MqttInstance {name!r} does not exist in namespace {namespace!r}: "
+                "create it or correct spec.instanceRef.name",
+                retry_after=10,
             )
         if not inst.authorization:
-            return SyncReport(
-                failure=not_ready(
-                    "AuthorizationDisabled",
-                    f"MqttInstance {instance_name!r} has spec.authorization.enabled=false: "
-                    "any username and password connect and nothing is enforced",
-                    warn=False,
-                )
+            return _failed(
+                "AuthorizationDisabled",
+                f"MqttInstance {name!r} has spec.authorization.enabled=false: "
+                "any username and password connect and nothing is enforced",
+                warn=False,
             )
         if inst.mqtt_port is None:
-            return SyncReport(
-                failure=not_ready(
-                    "NoPlainListener",
-                    f"MqttInstance {instance_name!r} has no mqtt listener, which the operator "
-                    "uses to manage accounts: add spec.listeners.mqtt",
-                )
+            return _failed(
+                "NoPlainListener",
+                f"MqttInstance {name!r} has no mqtt listener, which the operator "
+                "uses to manage accounts: add spec.listeners.mqtt",
             )
+        return None
+
+    async def _read_broker(self, run: _Run) -> SyncReport | None:
+        """Log in as the instance's admin and read the accounts, roles and default access it has."""
+        inst, name, namespace = run.instance, run.instance_name, run.namespace
+        assert inst.mqtt_port is not None
         admin = await read_secret(self.client, namespace, inst.admin_secret)
         if admin is None or not admin.data.get("password"):
-            return SyncReport(
-                failure=not_ready(
-                    "InstanceNotReady",
-                    f"the admin Secret {inst.admin_secret!r} of MqttInstance {instance_name!r} "
-                    "does not exist yet",
-                    retry_after=10,
-                    warn=False,
-                )
+            return _failed(
+                "InstanceNotReady",
+                f"the admin Secret {inst.admin_secret!r} of MqttInstance {name!r} does not exist yet",
+                retry_after=10,
+                warn=False,
             )
-        host, port = self.settings.broker_address(
-            namespace, instance_name, f"{instance_name}.{namespace}.svc", inst.mqtt_port
-        )
+        host, port = self.settings.broker_address(namespace, name, f"{name}.{namespace}.svc", inst.mqtt_port)
         address = BrokerAddress(
             host, port, admin.data.get("username", ADMIN_USERNAME), admin.data["password"]
         )
         try:
-            broker = await self.pool.client((namespace, instance_name), address)
-            actual_clients = await broker.list_clients()
-            actual_roles = await broker.list_roles()
-            actual_defaults = await broker.get_default_acl_access()
+            run.broker = await self.pool.client((namespace, name), address)
+            run.actual_clients = await run.broker.list_clients()
+            run.actual_roles = await run.broker.list_roles()
+            run.actual_defaults = await run.broker.get_default_acl_access()
         except BrokerError as err:
-            return SyncReport(failure=not_ready("BrokerUnreachable", str(err), retry_after=15))
+            return _failed("BrokerUnreachable", str(err), retry_after=15)
+        return None
 
+    async def _desire(self, run: _Run) -> SyncReport | None:
+        """The roles the AclPolicies ask for, and each AuthUser's account (with its password when the
+        broker does not hold that Secret version's yet); then the fewest commands to get there."""
         started = time.monotonic()
-        report = SyncReport()
-        live_users = [u for u in snap.users if not u.deleting and u.spec is not None]
+        live_users = [u for u in run.snap.users if not u.deleting and u.spec is not None]
         subjects = {
             u.username: acl.Subject(u.username, u.spec.client_id if u.spec else None) for u in live_users
         }
-        policy_results = self._policies(snap.policies, subjects, report)
+        policy_results = self._policies(run.snap.policies, subjects, run.report)
         grants = acl.merge_grants(policy_results)
-        have = {c.username: c for c in actual_clients}
-        user_plans = await self._user_plans(namespace, instance_name, snap, have, report)
-        secrets_done = time.monotonic()
-
+        have = {c.username: c for c in run.actual_clients}
+        run.user_plans = await self._user_plans(run.namespace, run.instance_name, run.snap, have, run.report)
+        run.secrets_seconds = time.monotonic() - started
         desired_clients, password_changes = [], set()
-        for up in user_plans:
+        for up in run.user_plans:
             username = up.entry.username
             if up.password is None and username not in have:
                 continue  # cannot be created without a password; its outcome says why
@@ -166,72 +227,77 @@ class AccessSync:
                     roles=grants.get(username, ()),
                     description=up.entry.spec.description if up.entry.spec else "",
                     clientid=up.entry.spec.client_id if up.entry.spec else None,
-                    owner=f"{namespace}/{up.entry.name}",
+                    owner=f"{run.namespace}/{up.entry.name}",
                 )
             )
             if up.password is not None and username in have:
                 password_changes.add(username)
-        desired_roles = [role for result in policy_results for role in result.roles]
-        result = plan(
+        run.plan = plan(
             desired_clients,
-            desired_roles,
-            actual_clients,
-            actual_roles,
+            [role for result in policy_results for role in result.roles],
+            run.actual_clients,
+            run.actual_roles,
             ownership=OWNERSHIP,
             password_changes=password_changes,
             prune=True,
             desired_defaults=DENY_BY_DEFAULT,
-            actual_defaults=actual_defaults,
+            actual_defaults=run.actual_defaults,
         )
-        failed: dict[str, str] = {}
-        broker_started = time.monotonic()
-        if result.commands:
-            try:
-                results = await broker.execute(result.commands)
-            except BrokerError as err:
-                return SyncReport(failure=not_ready("BrokerUnreachable", str(err), retry_after=15))
-            for res in results:
-                if not res.ok:
-                    failed.setdefault(res.command.subject, str(res.error))
-        report.commands = len(result.commands)
-        conflicts = {c.name: c.message for c in result.conflicts}
+        return None
+
+    async def _apply(self, run: _Run) -> SyncReport | None:
+        """Send the planned commands; a command the broker refuses is its subject's outcome."""
+        if not run.plan.commands:
+            return None
+        assert run.broker is not None
+        started = time.monotonic()
+        try:
+            results = await run.broker.execute(run.plan.commands)
+        except BrokerError as err:
+            return _failed("BrokerUnreachable", str(err), retry_after=15)
+        for res in results:
+            if not res.ok:
+                run.refused.setdefault(res.command.subject, str(res.error))
+        log.info(
+            "broker synced",
+            extra={
+                "instance": f"{run.namespace}/{run.instance_name}",
+                "commands": len(run.plan.commands),
+                "failed": len(run.refused),
+                "secrets_s": round(run.secrets_seconds, 3),
+                "broker_s": round(time.monotonic() - started, 3),
+            },
+        )
+        return None
+
+    def _report(self, run: _Run) -> SyncReport:
+        """Each AuthUser's and AclPolicy's outcome (those decided earlier stay)."""
+        report, refused = run.report, run.refused
+        report.commands = len(run.plan.commands)
+        conflicts = {c.name: c.message for c in run.plan.conflicts}
         now = now_rfc3339()
-        for up in user_plans:
+        for up in run.user_plans:
             name, username = up.entry.name, up.entry.username
             if up.outcome is not None:
                 report.users[name] = up.outcome
             elif username in conflicts:
                 report.users[name] = not_ready("Conflict", conflicts[username])
-            elif username in failed:
+            elif username in refused:
                 report.users[name] = not_ready(
                     "BrokerRejected",
-                    f"the broker refused account {username!r}: {failed[username]}",
+                    f"the broker refused account {username!r}: {refused[username]}",
                     retry_after=30,
                 )
             else:
                 if up.password is not None and up.version is not None:
-                    self._password_versions[(namespace, instance_name, username)] = up.version
-                fields: dict[str, object] = {"username": username, "secretName": up.entry.secret_name}
-                if up.password is not None:
-                    fields.update(passwordSecretResourceVersion=up.version, lastPasswordSyncTime=now)
-                report.users[name] = Outcome(
-                    conditions=(
-                        ConditionUpdate("Ready", "True", "Synced", f"account {username!r} is in the broker"),
-                        ConditionUpdate(
-                            "PasswordSynced",
-                            "True",
-                            "PasswordSet",
-                            f"the broker holds the password of Secret {up.entry.secret_name!r}",
-                        ),
-                    ),
-                    fields=fields,
-                )
-        for pol in snap.policies:
+                    self._password_versions[(run.namespace, run.instance_name, username)] = up.version
+                report.users[name] = _synced(up, now)
+        for pol in run.snap.policies:
             if pol.name in report.policies:
                 continue
             role_failures = [
                 f"{s}: {m}"
-                for s, m in failed.items()
+                for s, m in refused.items()
                 if s.startswith(OWNERSHIP.role_prefix)
                 and acl.is_policy_role(s, _policy_key(pol), OWNERSHIP.role_prefix)
             ]
@@ -240,17 +306,6 @@ class AccessSync:
                     "BrokerRejected", "; ".join(role_failures), retry_after=30
                 )
         report.finished_at = now
-        if result.commands:
-            log.info(
-                "broker synced",
-                extra={
-                    "instance": f"{namespace}/{instance_name}",
-                    "commands": len(result.commands),
-                    "failed": len(failed),
-                    "secrets_s": round(secrets_done - started, 3),
-                    "broker_s": round(time.monotonic() - broker_started, 3),
-                },
-            )
         return report
 
     def _policies(
