@@ -3,7 +3,7 @@ tests/unit/test_api_models.py checks every status field has its model field).
 
 A reconcile fills the fields it decides and hands them on as `fields()`: only the fields it set, so a
 merge patch leaves the others alone; a field set to None is cleared (authorization turned off clears
-`connectorUser`). `observedGeneration` and `conditions` are written by handlers/observe.py alone.
+`connectorUser`). `observedGeneration` and `conditions` are written by handlers/reconcile.py alone.
 """
 
 from __future__ import annotations

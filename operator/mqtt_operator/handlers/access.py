@@ -23,7 +23,7 @@ from mqtt_operator.controllers.entries import (
 from mqtt_operator.controllers.instance import reconcile_instance
 from mqtt_operator.controllers.outcome import Outcome, not_ready
 from mqtt_operator.handlers.context import OperatorContext
-from mqtt_operator.handlers.observe import reconcile_with, record
+from mqtt_operator.handlers.reconcile import reconcile_with, record
 
 log = logging.getLogger(__name__)
 # Failures that mean there is nothing left in a broker to clean up: deletion goes ahead.

@@ -20,7 +20,7 @@ from mqtt_operator.controllers.outcome import Outcome
 from mqtt_operator.controllers.replication import ReplicationTask
 from mqtt_operator.controllers.trigger import FunctionTrigger
 from mqtt_operator.handlers.context import OperatorContext
-from mqtt_operator.handlers.observe import is_paused, reconcile_with, record
+from mqtt_operator.handlers.reconcile import is_paused, reconcile_with, record
 from mqtt_operator.kube.events import record_event
 from mqtt_operator.kube.status import write_status
 from mqtt_operator.workers.index import WORKER_LABELS, WorkerIndex, pod_entry, statefulset_entry

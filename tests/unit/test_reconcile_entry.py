@@ -6,7 +6,7 @@ from typing import Any
 
 from mqtt_operator.api.kinds import PAUSE_ANNOTATION
 from mqtt_operator.controllers.outcome import ConditionUpdate, Outcome
-from mqtt_operator.handlers.observe import desired_status, is_paused
+from mqtt_operator.handlers.reconcile import desired_status, is_paused
 from mqtt_operator.kube.status import status_changes
 
 
