@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from lightkube import AsyncClient
 
 from mqtt_operator.api.conditions import now_rfc3339
+from mqtt_operator.api.status import AclPolicyStatus, AuthUserStatus
 from mqtt_operator.broker import acl
 from mqtt_operator.broker.client import DynsecClient
 from mqtt_operator.broker.errors import BrokerError
@@ -107,9 +108,10 @@ def _failed(reason: str, message: str, *, retry_after: float | None = None, warn
 
 
 def _synced(up: _UserPlan, now: str) -> Outcome:
-    fields: dict[str, object] = {"username": up.entry.username, "secretName": up.entry.secret_name}
+    status = AuthUserStatus(username=up.entry.username, secret_name=up.entry.secret_name)
     if up.password is not None:
-        fields.update(passwordSecretResourceVersion=up.version, lastPasswordSyncTime=now)
+        status.password_secret_resource_version = up.version
+        status.last_password_sync_time = now
     return Outcome(
         conditions=(
             ConditionUpdate("Ready", "True", "Synced", f"account {up.entry.username!r} is in the broker"),
@@ -120,7 +122,7 @@ def _synced(up: _UserPlan, now: str) -> Outcome:
                 f"the broker holds the password of Secret {up.entry.secret_name!r}",
             ),
         ),
-        fields=fields,
+        fields=status.fields(),
     )
 
 
@@ -341,12 +343,12 @@ class AccessSync:
             )
             report.policies[pol.name] = Outcome(
                 conditions=(ConditionUpdate("Ready", "True", "Applied", message),),
-                fields={
-                    "roleName": roles.role_name,
-                    "grantedUsers": sorted(s.username for s in named),
-                    "pendingUsers": pending,
-                    "aclCount": roles.acl_count,
-                },
+                fields=AclPolicyStatus(
+                    role_name=roles.role_name,
+                    granted_users=sorted(s.username for s in named),
+                    pending_users=pending,
+                    acl_count=roles.acl_count,
+                ).fields(),
             )
         return results
 

@@ -12,6 +12,7 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from pydantic import ValidationError
 
 from mqtt_operator.api.instance import MqttInstanceSpec
+from mqtt_operator.api.status import Endpoints, MqttInstanceStatus
 from mqtt_operator.broker.errors import BrokerError
 from mqtt_operator.broker.pool import BrokerAddress, BrokerPool
 from mqtt_operator.controllers.outcome import ConditionUpdate, Outcome, not_ready
@@ -67,14 +68,14 @@ async def reconcile_instance(
     sts = next(o for o in objects if o["kind"] == "StatefulSet")
     live_sts = await get(client, StatefulSet, namespace, name)
     ready_replicas = int(((live_sts or {}).get("status") or {}).get("readyReplicas") or 0)
-    fields: dict[str, Any] = {
-        "endpoints": endpoints(name, namespace, spec.listeners),
-        "replicas": spec.replicas,
-        "readyReplicas": ready_replicas,
-        "adminSecretName": secret["metadata"]["name"],
-        "image": sts["spec"]["template"]["spec"]["containers"][0]["image"],
-        "driftRepairPeriodSeconds": int(settings.drift_period_seconds),
-    }
+    fields = MqttInstanceStatus(
+        endpoints=Endpoints.model_validate(endpoints(name, namespace, spec.listeners)),
+        replicas=spec.replicas,
+        ready_replicas=ready_replicas,
+        admin_secret_name=secret["metadata"]["name"],
+        image=sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        drift_repair_period_seconds=int(settings.drift_period_seconds),
+    ).fields()
     if spec.replicas == 0:
         return Outcome(
             conditions=(
