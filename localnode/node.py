@@ -377,14 +377,18 @@ def _cgroup_hierarchies() -> list[Path]:
     return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and (p / "cgroup.procs").exists()]
 
 
+def _cgroup_dirs(top: Path) -> list[Path]:
+    """`top` and every cgroup below it. os.walk, not Path.rglob: the kubelet and runc remove cgroups
+    while the node stops, and a folder gone mid-walk must be skipped, not raised."""
+    return [Path(d) for d, _, _ in os.walk(top)]
+
+
 def _cgroup_pids() -> set[int]:
     pids: set[int] = set()
     for hierarchy in _cgroup_hierarchies():
-        top = hierarchy / NODE_NAME
-        if top.is_dir():
-            for procs in top.rglob("cgroup.procs"):
-                with contextlib.suppress(OSError):
-                    pids.update(int(p) for p in procs.read_text().split())
+        for group in _cgroup_dirs(hierarchy / NODE_NAME):
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in (group / "cgroup.procs").read_text().split())
     return pids
 
 
@@ -417,11 +421,9 @@ def _remove_cgroups() -> None:
         if not top.is_dir():
             continue
         # Deepest first: a cgroup folder can be removed only once it has no children.
-        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        for d in sorted(_cgroup_dirs(top), key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):
                 d.rmdir()
-        with contextlib.suppress(OSError):
-            top.rmdir()
 
 
 def holders() -> list[tuple[int, Path]]:
