@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -361,3 +361,34 @@ def test_a_publish_of_over_2_mib_has_a_four_byte_length_and_still_decodes(
     assert wire[1] >= 0x80 and wire[2] >= 0x80 and wire[3] >= 0x80 and wire[4] < 0x80
     cuts = [*range(1, 7), *data.draw(st.lists(st.integers(7, len(wire) - 1), max_size=12), label="cuts")]
     check_stream([item], cuts)
+
+
+# --- what is not MQTT: a ProtocolError, nothing else ----------------------------------------------
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> bytes:
+    """paho's packets with bytes changed, cut out or added: most no longer valid MQTT."""
+    wire = bytearray(b"".join(w for w, _ in draw(st.lists(publishes(st.binary(max_size=40)) | controls))))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(wire)))
+        change = draw(st.sampled_from(["set", "cut", "add"]))
+        if change == "set" and at < len(wire):
+            wire[at] = draw(st.integers(0, 255))
+        elif change == "cut":
+            del wire[at : at + draw(st.integers(1, 4))]
+        else:
+            wire[at:at] = draw(st.binary(min_size=1, max_size=4))
+    return bytes(wire)
+
+
+@settings(max_examples=500, deadline=None)
+@given(raw=damaged() | st.binary(max_size=64))
+@example(raw=b"\x40\x00\x00\x01")  # found by this test: a PUBACK too short for its packet id (struct.error)
+def test_bytes_that_are_not_mqtt_fail_as_a_protocol_error_and_nothing_else(raw: bytes) -> None:
+    # The connection logs a ProtocolError and closes; any other exception would escape data_received.
+    try:
+        _, _, used = mqtt5.decode_stream(raw, RECEIVED)
+    except mqtt5.ProtocolError:
+        return
+    assert 0 <= used <= len(raw)
