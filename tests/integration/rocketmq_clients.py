@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 from rocketmq import ClientConfiguration, Credentials, FilterExpression, Message, Producer, SimpleConsumer
 
+from mqtt_operator.bridge.rocketmq_private import settings_event
+
 
 class RocketMQ(Protocol):
     """Where the proxy's gRPC endpoint is: testenv's RocketMQ, or the node's (e2e)."""
@@ -29,7 +31,7 @@ def rocketmq_consumer(cluster: RocketMQ, group: str, topic: str) -> Iterator[Sim
         _configuration(cluster), group, {topic: FilterExpression("*")}, await_duration=5
     )
     consumer.startup()
-    assert consumer._init_settings_event.wait(15), "the proxy never acknowledged the consumer's settings"
+    assert settings_event(consumer).wait(15), "the proxy never acknowledged the consumer's settings"
     try:
         yield consumer
     finally:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import pytest
 from rocketmq import ClientConfiguration, Credentials, FilterExpression, Message, Producer, SimpleConsumer
 
+from mqtt_operator.bridge.rocketmq_private import settings_event
 from testenv.paths import versions
 from testenv.rocketmq import RocketMQ
 
@@ -53,7 +54,7 @@ def _consumer(cluster: RocketMQ, group: str, topic: str, expression: str = "*") 
             _config(cluster), group, {topic: FilterExpression(expression)}, await_duration=AWAIT
         )
         consumer.startup()
-        if consumer._init_settings_event.wait(15):
+        if settings_event(consumer).wait(15):
             break
         consumer.shutdown()
     else:

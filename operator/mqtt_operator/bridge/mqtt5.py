@@ -547,8 +547,8 @@ def decode_stream(buf: bytes, received: float) -> tuple[list[Message], list[Cont
             else:
                 raise ProtocolError(f"unexpected packet type {kind} from the server")
             pos = end
-    except IndexError as err:
-        # An index past the end inside a complete packet: the lengths lie.
+    except (IndexError, struct.error) as err:
+        # An index past the end inside a complete packet (or a packet id cut short): the lengths lie.
         raise ProtocolError(f"malformed packet: {err}") from err
     except UnicodeDecodeError as err:
         raise ProtocolError(f"topic is not UTF-8: {err}") from err

@@ -35,6 +35,10 @@ What RocketMQ 5.5.0 was seen to do (docs/bridge.md, RocketMQ):
 - Importing the client configures logging (replacing every handler of the process) and creates
   $HOME/logs/rocketmq_python for log files of up to 1 GB: `load_client()` imports it without that
   and sends its logger to ours, at WARNING, rate-limited.
+
+Whatever this takes from the client beyond its public API (private methods and attributes, its
+RpcClient, the log module stub, the settings hook) goes through `rocketmq_private`, which lists each
+use and the client version it was checked against.
 """
 
 from __future__ import annotations
@@ -42,17 +46,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import importlib
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import types
 from collections.abc import Sequence
 from typing import Any, Final, Literal, NamedTuple
 
+from mqtt_operator.bridge import rocketmq_private as private
 from mqtt_operator.bridge.config import ROCKETMQ_ACCESS_KEY_ENV, ROCKETMQ_SECRET_KEY_ENV, RocketMQEndpoint
 from mqtt_operator.bridge.rocketmq_mapping import RocketMQMessage, RocketMQRecord
 from mqtt_operator.logs import register_secret
@@ -184,12 +187,9 @@ def load_client() -> types.ModuleType:
     with _load_lock:
         if _client is not None:
             return _client
-        if "rocketmq.v5.log.log_config" not in sys.modules:
-            # The client's log package reads `logger` from this module, which would otherwise call
-            # logging.config.dictConfig (closing our handlers) and create files under $HOME.
-            stub = types.ModuleType("rocketmq.v5.log.log_config")
-            stub.logger = logging.getLogger(CLIENT_LOGGER)  # type: ignore[attr-defined]
-            sys.modules[stub.__name__] = stub
+        # The client's log package reads `logger` from a module which would otherwise call
+        # logging.config.dictConfig (closing our handlers) and create files under $HOME.
+        private.install_log_stub(logging.getLogger(CLIENT_LOGGER))
         import rocketmq
         from rocketmq.grpc_protocol import Code
 
@@ -322,7 +322,7 @@ class _Connection:
                 return status
             # The client's own route cache drives its heartbeats and telemetry (settings) stream.
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.client._retrieve_topic_route_data, self.topic)
+                await asyncio.to_thread(private.retrieve_topic_route, self.client, self.topic)
             return await self._connected()
 
     async def _connected(self) -> Status:
@@ -341,13 +341,11 @@ class _Connection:
         pb = self.rmq.grpc_protocol
         req = pb.QueryRouteRequest()
         req.topic.name = self.topic
-        req.endpoints.CopyFrom(self.configuration.rpc_endpoints.endpoints)
-        client = self.client
+        proxy = private.proxy_endpoints(self.configuration)
+        req.endpoints.CopyFrom(private.endpoints_message(proxy))
         try:
             res = await self._call(
-                client.rpc_client.query_topic_route_async(
-                    self.configuration.rpc_endpoints, req, metadata=client.sign(), timeout=REQUEST_TIMEOUT_S
-                )
+                private.unary_call(self.client, "query_topic_route_async", proxy, req, REQUEST_TIMEOUT_S)
             )
         except Exception as err:  # grpc.aio.AioRpcError and the client's own errors
             return self.note(rpc_error(err))
@@ -359,8 +357,7 @@ class _Connection:
             return self.note(Status("route", f"the RocketMQ topic {self.topic!r} has no usable queue"))
         self.queues = queues
         self.accepts = set(queues[0].accept_message_types)
-        rpc_endpoints = importlib.import_module("rocketmq.v5.client.connection").RpcEndpoints
-        self.endpoints = rpc_endpoints(queues[0].broker.endpoints)
+        self.endpoints = private.rpc_endpoints(queues[0].broker.endpoints)
         return OK
 
     def _usable(self, queue: Any) -> bool:
@@ -368,13 +365,12 @@ class _Connection:
 
     def _send_settings(self) -> None:
         """Send the client's settings again, on a new telemetry stream (the answer sets the event)."""
-        client = self.client
-        event = getattr(client, "_init_settings_event", None)
+        event = private.settings_event(self.client)
         if event is not None:
             event.clear()
         _telemetry_refusals.pop(self.group, None)
         # The client creates its gRPC calls on its own loop: ask it there.
-        client._rpc_channel_io_loop().call_soon_threadsafe(client.on_new_endpoints, self.endpoints)
+        private.send_settings(self.client, self.endpoints)
 
     async def close(self) -> None:
         client, self.client = self.client, None
@@ -395,7 +391,7 @@ class RocketMQProducer(_Connection):
         self._pb = pb
         self._type = pb.MessageType.Value("FIFO" if fifo else "NORMAL")
         self._identity = pb.Encoding.Value("IDENTITY")
-        self._ids = importlib.import_module("rocketmq.v5.util").MessageIdCodec()
+        self._ids = private.message_id_codec()
         self._lost = False
         self._host = socket.gethostname()
 
@@ -471,8 +467,8 @@ class RocketMQProducer(_Connection):
             client = self.client
         try:
             res = await self._call(
-                client.rpc_client.send_message_async(
-                    self.endpoints, self.request(records), client.sign(), timeout=REQUEST_TIMEOUT_S
+                private.unary_call(
+                    client, "send_message_async", self.endpoints, self.request(records), REQUEST_TIMEOUT_S
                 )
             )
         except Exception as err:  # grpc.aio.AioRpcError and the client's own errors
@@ -516,15 +512,13 @@ class RocketMQConsumer(_Connection):
             await_duration=LONG_POLL_S,
             tls_enable=self.endpoint.tls,
         )
-        original = consumer.reset_setting
 
-        def reset_setting(settings: Any) -> None:
+        def settings(answer: Any) -> None:
             # The proxy's answer to our settings: whether the group delivers in order (FIFO).
             with contextlib.suppress(Exception):
-                self.fifo = bool(settings.subscription.fifo)
-            original(settings)
+                self.fifo = bool(answer.subscription.fifo)
 
-        consumer.reset_setting = reset_setting
+        private.on_settings(consumer, settings)
         return consumer
 
     def _usable(self, queue: Any) -> bool:
@@ -542,7 +536,7 @@ class RocketMQConsumer(_Connection):
 
     async def _settings(self, seconds: float) -> Status:
         """Until the proxy has the client's settings (a receive before fails with "settings is null")."""
-        event = getattr(self.client, "_init_settings_event", None)
+        event = private.settings_event(self.client)
         deadline = time.monotonic() + seconds
         while event is not None and time.monotonic() < deadline:
             if event.is_set():
@@ -587,9 +581,8 @@ class RocketMQConsumer(_Connection):
 
     async def _receive_on_client_loop(self, req: Any, deadline_base: float, invisible_s: int) -> Any:
         """Runs on the client's loop: the streamed answer, decoded into RocketMQMessage objects."""
-        client = self.client
-        call = await client.rpc_client.receive_message(
-            self.endpoints, req, metadata=client.sign(), timeout=REQUEST_TIMEOUT_S + LONG_POLL_S
+        call = await private.receive_message(
+            self.client, self.endpoints, req, REQUEST_TIMEOUT_S + LONG_POLL_S
         )
         status = None
         messages: list[RocketMQMessage] = []
@@ -648,7 +641,7 @@ class RocketMQConsumer(_Connection):
         started = time.monotonic()
         try:
             future = asyncio.run_coroutine_threadsafe(
-                self._receive_on_client_loop(req, started, invisible_s), client._rpc_channel_io_loop()
+                self._receive_on_client_loop(req, started, invisible_s), private.client_loop(client)
             )
             pb_status, messages = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -684,11 +677,12 @@ class RocketMQConsumer(_Connection):
         async def one(chunk: Sequence[RocketMQMessage]) -> list[tuple[RocketMQMessage, Status]]:
             try:
                 res = await self._call(
-                    client.rpc_client.ack_message_async(
+                    private.unary_call(
+                        client,
+                        "ack_message_async",
                         self.endpoints,
                         self._ack_request(chunk),
-                        metadata=client.sign(),
-                        timeout=REQUEST_TIMEOUT_S,
+                        REQUEST_TIMEOUT_S,
                     )
                 )
             except Exception as err:  # grpc.aio.AioRpcError and the client's own errors
@@ -725,8 +719,8 @@ class RocketMQConsumer(_Connection):
         started = time.monotonic()
         try:
             res = await self._call(
-                client.rpc_client.change_invisible_duration_async(
-                    self.endpoints, req, metadata=client.sign(), timeout=REQUEST_TIMEOUT_S
+                private.unary_call(
+                    client, "change_invisible_duration_async", self.endpoints, req, REQUEST_TIMEOUT_S
                 )
             )
         except Exception as err:  # grpc.aio.AioRpcError and the client's own errors
@@ -753,8 +747,12 @@ class RocketMQConsumer(_Connection):
         req.max_delivery_attempts = msg.attempt
         try:
             res = await self._call(
-                client.rpc_client.forward_message_to_dead_letter_queue_async(
-                    self.endpoints, req, metadata=client.sign(), timeout=REQUEST_TIMEOUT_S
+                private.unary_call(
+                    client,
+                    "forward_message_to_dead_letter_queue_async",
+                    self.endpoints,
+                    req,
+                    REQUEST_TIMEOUT_S,
                 )
             )
         except Exception as err:  # grpc.aio.AioRpcError and the client's own errors
