@@ -143,10 +143,6 @@ class KafkaConnector(Integration[KafkaConnectorSpec, KafkaConnectorStatus]):
         self.kafka: KafkaAccess | None = None
         self.connection: ConditionUpdate | None = None
 
-    @staticmethod
-    def instance_ref(body: Mapping[str, Any]) -> str:
-        return str(((body.get("spec") or {}).get("instanceRef") or {}).get("name", ""))
-
     def parse_spec(self, raw: Mapping[str, Any]) -> KafkaConnectorSpec:
         return KafkaConnectorSpec.model_validate(raw)
 

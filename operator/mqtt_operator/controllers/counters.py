@@ -1,4 +1,4 @@
-"""Turning the workers' per-process counters into the connector's counters since its creation. Pure.
+"""Turning the workers' per-process counters into the integration's counters since its creation. Pure.
 
 A worker's counters start at 0 with each process; the connector's must not go back when a worker
 restarts or goes away. So, per connector, the last value seen of each worker is kept, and when a

@@ -216,10 +216,10 @@ class Integration(ABC, Generic[SpecT, StatusT]):
     # --- what each kind says about itself -----------------------------------------------------------
 
     @staticmethod
-    @abstractmethod
     def instance_ref(body: Mapping[str, Any]) -> str:
         """The name of the MqttInstance the workers use, read from the raw body (before parsing, to look
-        it up in the index)."""
+        it up in the index): `spec.instanceRef.name` unless the kind says otherwise."""
+        return str(((body.get("spec") or {}).get("instanceRef") or {}).get("name", ""))
 
     @abstractmethod
     def parse_spec(self, raw: Mapping[str, Any]) -> SpecT: ...

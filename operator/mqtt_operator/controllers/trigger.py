@@ -148,10 +148,6 @@ class FunctionTrigger(Integration[FunctionTriggerSpec, FunctionTriggerStatus]):
     shape = WorkerShape(worker_count, trigger_rules, trigger_pod)
     metrics = FUNCTION_METRICS
 
-    @staticmethod
-    def instance_ref(body: Mapping[str, Any]) -> str:
-        return str(((body.get("spec") or {}).get("instanceRef") or {}).get("name", ""))
-
     def parse_spec(self, raw: Mapping[str, Any]) -> FunctionTriggerSpec:
         return FunctionTriggerSpec.model_validate(raw)
 
