@@ -1,4 +1,4 @@
-"""The worker program's wiring: command line, replica identity, config checks, no kopf import."""
+"""The bridge program's wiring: command line, replica identity, config checks, no kopf import."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from mqtt_operator.__main__ import parser
 from mqtt_operator.bridge.config import BridgeConfig
-from mqtt_operator.bridge.worker import replica_identity
+from mqtt_operator.bridge.program import replica_identity
 
 
 def config(**extra: Any) -> BridgeConfig:
@@ -37,24 +37,26 @@ def test_replica_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     assert replica_identity()  # the host name
 
 
-def _worker(cfg: BridgeConfig) -> None:
+def _bridge(cfg: BridgeConfig) -> None:
     import asyncio
 
-    from mqtt_operator.bridge.worker import Worker
+    from mqtt_operator.bridge.program import Bridge
 
     async def build() -> None:
-        Worker(cfg, "r0")
+        Bridge(cfg, "r0")
 
     asyncio.run(build())
 
 
 def test_config_without_an_integration_or_kafka_is_refused() -> None:
     with pytest.raises(ValueError, match="no integration"):
-        _worker(config())
+        _bridge(config())
     with pytest.raises(ValueError, match="no kafka endpoint"):
-        _worker(config(mqttToKafka={"topicFilters": ["a/#"], "shareGroup": "g", "kafkaTopic": "t"}))
+        _bridge(config(mqttToKafka={"topicFilters": ["a/#"], "shareGroup": "g", "kafkaTopic": "t"}))
 
 
-def test_the_worker_never_imports_kopf() -> None:
-    code = "import sys, mqtt_operator.__main__, mqtt_operator.bridge.worker; assert 'kopf' not in sys.modules"
+def test_the_bridge_program_never_imports_kopf() -> None:
+    code = (
+        "import sys, mqtt_operator.__main__, mqtt_operator.bridge.program; assert 'kopf' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
