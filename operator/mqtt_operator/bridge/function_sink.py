@@ -100,7 +100,7 @@ class Failure(str):
         return self
 
 
-class _Round:
+class _CallGroup:
     """The calls of one `deliver()`: once one finds the function unreachable, the rest are not tried."""
 
     __slots__ = ("halted",)
@@ -110,14 +110,14 @@ class _Round:
 
 
 class _Call:
-    __slots__ = ("body", "done", "dropped_once", "events", "headers", "round")
+    __slots__ = ("body", "done", "dropped_once", "events", "group", "headers")
 
     def __init__(
-        self, events: Sequence[FunctionEvent], done: asyncio.Future[Delivery], round_: _Round
+        self, events: Sequence[FunctionEvent], done: asyncio.Future[Delivery], group: _CallGroup
     ) -> None:
         self.events = events
         self.done = done
-        self.round = round_
+        self.group = group
         self.headers: dict[str, str] = {}
         self.body: bytes | None = None  # encoded on the first attempt, sent again by retries
         self.dropped_once = False
@@ -239,10 +239,10 @@ class FunctionSink:
         assert self._runners, "start() the sink first"
         loop = asyncio.get_running_loop()
         size = self.batch_size
-        round_ = _Round()
+        group = _CallGroup()
         calls = []
         for start in range(0, len(records), size):
-            call = _Call(records[start : start + size], loop.create_future(), round_)
+            call = _Call(records[start : start + size], loop.create_future(), group)
             self._queue.put_nowait(call)
             calls.append(call)
         outcomes: list[Delivery] = []
@@ -268,7 +268,7 @@ class FunctionSink:
 
     async def _work(self, call: _Call) -> None:
         while not call.done.done():
-            if call.round.halted:
+            if call.group.halted:
                 call.done.set_result(TRANSIENT)
                 return
             try:
@@ -284,7 +284,7 @@ class FunctionSink:
                 asyncio.get_running_loop().call_later(result, self._requeue, call)
                 return
             if result is TRANSIENT:
-                call.round.halted = True
+                call.group.halted = True
             if not call.done.done():
                 call.done.set_result(result)
 
