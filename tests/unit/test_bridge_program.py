@@ -1,4 +1,4 @@
-"""The bridge program's wiring: command line, replica identity, config checks, no kopf import."""
+"""The bridge program's wiring: command line, replica identity, config checks, components, no kopf import."""
 
 from __future__ import annotations
 
@@ -60,3 +60,40 @@ def test_the_bridge_program_never_imports_kopf() -> None:
         "import sys, mqtt_operator.__main__, mqtt_operator.bridge.program; assert 'kopf' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_connector_is_one_list_of_components_with_shared_clients() -> None:
+    import asyncio
+
+    from mqtt_operator.bridge.kafka_sink import KafkaSink
+    from mqtt_operator.bridge.mqtt_sink import MqttSink
+    from mqtt_operator.bridge.program import Bridge
+
+    cfg = config(
+        kafka={"bootstrapServers": "k:9092"},
+        deadLetterTopic="dead",
+        mqttToKafka={"topicFilters": ["a/#"], "shareGroup": "g", "kafkaTopic": "t"},
+        kafkaToMqtt={"kafkaTopic": "cmd", "consumerGroup": "cg"},
+        deviceEvents={"connectTopic": "connects"},
+    )
+
+    async def build() -> Bridge:
+        return Bridge(cfg, "c-0")
+
+    bridge = asyncio.run(build())
+    names = [c.readiness().name for c in bridge.components]
+    # The shared clients first (the Kafka producer is started before anything else), made once.
+    assert names == [
+        "kafka producer",
+        "mqtt publisher",
+        "mqtt source",
+        "kafka consumer",
+        "mqtt device events",
+    ]
+    assert sum(isinstance(c, KafkaSink) for c in bridge.components) == 1
+    assert sum(isinstance(c, MqttSink) for c in bridge.components) == 1
+    assert [p.direction for p in bridge.pipelines] == ["mqtt_to_kafka", "kafka_to_mqtt", "device_events"]
+    # /retire hands back the uplink's shared subscription, not the device events' own session.
+    assert bridge.shared_subscription is bridge.pipelines[0].source
+    ready, detail = bridge.readiness()
+    assert not ready and detail.startswith("kafka producer: not connected; mqtt publisher: not connected")
