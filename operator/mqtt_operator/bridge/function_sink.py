@@ -7,7 +7,8 @@ Calls wait in one FIFO queue for a fixed set of runner tasks: one when `ordered`
 time, in arrival order, a retry before anything behind it), else `concurrency` (never more than
 `maxConnections`, so no call waits for a pooled connection inside its deadline). Unordered, a call
 waiting for its retry leaves its runner and queues again when its delay is over: a few failing
-messages do not hold back the others.
+messages do not hold back the others. The runners, not the pipeline's window of batches, bound
+the calls (docs/bridge.md, "Calls in flight: why the sink keeps its own runners").
 
 Outcome of a call, for all its messages:
 
