@@ -65,7 +65,7 @@ class KafkaSource:
     def drain_before_revoke(self, wait_idle: Callable[[], Awaitable[None]]) -> None:
         """Wire the pipeline that takes from this source: on a rebalance, the partitions being revoked
         are handed over only after `wait_idle()` (the pipeline settled what it took, up to 30 s), so
-        the next member does not start behind offsets this one is still committing."""
+        what this member took is committed before another member starts on those partitions."""
         self._drain = wait_idle
 
     @property
