@@ -42,8 +42,8 @@ from test_bridge_helpers import NO_DROP_CONF, WorkerProcess, unique  # noqa: E40
 from bench.bench_bridge import preload  # noqa: E402
 from bench.common import drain, record  # noqa: E402
 from mqtt_operator.bridge.config import RocketMQEndpoint  # noqa: E402
-from mqtt_operator.bridge.mqtt5 import Message  # noqa: E402
 from mqtt_operator.bridge.mqtt_client import MqttConnection, open_connection  # noqa: E402
+from mqtt_operator.bridge.records import Message  # noqa: E402
 from mqtt_operator.bridge.rocketmq_client import RocketMQConsumer, RocketMQProducer  # noqa: E402
 from mqtt_operator.bridge.rocketmq_mapping import RocketMQRecord  # noqa: E402
 from testenv.mosquitto import Mosquitto  # noqa: E402

@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "bridge":
         logs.configure(args.log_level, args.log_format)
-        from mqtt_operator.bridge.worker import main as bridge_main  # the worker never imports kopf
+        from mqtt_operator.bridge.program import main as bridge_main  # it never imports kopf
 
         return bridge_main(args.config, args.replica_id)
     namespaces = tuple(args.namespace) or (

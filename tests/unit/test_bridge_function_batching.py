@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from mqtt_operator.bridge.batching import BatchingSource
-from mqtt_operator.bridge.mqtt5 import Message
 from mqtt_operator.bridge.mqtt_source import MqttBatch
+from mqtt_operator.bridge.records import Message
 
 
 class FakeMqttSource:

@@ -23,8 +23,8 @@ from mqtt_operator.bridge.function_events import (
     rfc3339,
 )
 from mqtt_operator.bridge.function_sink import Failure, retry_delay
-from mqtt_operator.bridge.mqtt5 import Message, Properties
 from mqtt_operator.bridge.mqtt_dead_letter import dead_letter_publish
+from mqtt_operator.bridge.records import Message, Properties
 
 RECEIVED = 1714567890.1234
 

@@ -9,21 +9,15 @@ from typing import Any
 import pytest
 
 from mqtt_operator.bridge.config import KafkaToMqtt, MqttToKafka
-from mqtt_operator.bridge.mapping import (
+from mqtt_operator.bridge.kafka_mapping import (
     DLQ_HEADROOM,
     Downlink,
-    KafkaRecord,
-    MqttPublish,
-    Reject,
-    Skip,
     Uplink,
     downlink_dead_letter,
-    invalid_mqtt_topic,
-    json_field,
-    parse_json_path,
     uplink_dead_letter,
 )
-from mqtt_operator.bridge.mqtt5 import Message, Properties
+from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, json_field, parse_json_path
+from mqtt_operator.bridge.records import KafkaRecord, Message, MqttPublish, Properties, Reject, Skip
 
 
 def spec(**fields: Any) -> MqttToKafka:

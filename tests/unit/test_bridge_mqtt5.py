@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mqtt_operator.bridge import mqtt5
+from mqtt_operator.bridge.records import Properties
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 16383, 16384, 2097151, 2097152, 268435455])
@@ -19,8 +20,8 @@ def test_varint_longer_than_four_bytes_is_malformed() -> None:
         mqtt5.decode_varint(b"\xff\xff\xff\xff\x01", 0)
 
 
-def _props() -> mqtt5.Properties:
-    return mqtt5.Properties(
+def _props() -> Properties:
+    return Properties(
         payload_format=1,
         message_expiry=60,
         content_type="application/json",
@@ -71,7 +72,7 @@ def test_stream_split_at_every_byte_reassembles() -> None:
             ]
         )
         + b"\xd0\x00"
-        + mqtt5.puback(9, 0x10)
+        + b"\x40\x03\x00\x09\x10"  # PUBACK 9, reason 0x10
     )
     for cut in range(len(stream) + 1):
         first, controls1, used = mqtt5.decode_stream(stream[:cut], 0.0)
@@ -86,7 +87,7 @@ def test_stream_split_at_every_byte_reassembles() -> None:
 
 def test_connack_suback_disconnect_decode() -> None:
     props = mqtt5.encode_properties(
-        mqtt5.Properties(receive_maximum=20, maximum_packet_size=1000, reason_string="hi")
+        Properties(receive_maximum=20, maximum_packet_size=1000, reason_string="hi")
     )
     connack = bytes([0x20, 2 + len(props), 1, 0]) + props
     suback = bytes([0x90, 6, 0, 7, 0, 1, 0x87, 0x00])

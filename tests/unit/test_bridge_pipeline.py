@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import pytest
 
 from mqtt_operator.bridge import pipeline as pipeline_module
-from mqtt_operator.bridge.mapping import Reject, Skip
 from mqtt_operator.bridge.metrics import Metrics
-from mqtt_operator.bridge.pipeline import TRANSIENT, Outcome, Pipeline, TransientError
+from mqtt_operator.bridge.pipeline import TRANSIENT, Delivery, Pipeline, TransientError
+from mqtt_operator.bridge.records import Reject, Skip
 
 
 class FakeSource:
@@ -41,7 +41,7 @@ class FakeSink:
     name = "fake-sink"
 
     def __init__(
-        self, script: dict[int, list[Outcome]] | None = None, delays: dict[int, float] | None = None
+        self, script: dict[int, list[Delivery]] | None = None, delays: dict[int, float] | None = None
     ):
         self.script = script or {}  # item -> outcomes of its successive attempts
         self.delays = delays or {}
@@ -49,7 +49,7 @@ class FakeSink:
         self.recovered = 0
         self.raise_next = 0
 
-    async def deliver(self, records: Sequence[int]) -> list[Outcome]:
+    async def deliver(self, records: Sequence[int]) -> list[Delivery]:
         self.calls.append(list(records))
         if self.raise_next:
             self.raise_next -= 1
@@ -131,7 +131,7 @@ def test_ordered_mode_has_one_batch_in_flight() -> None:
     in_flight: list[int] = []
     original = sink.deliver
 
-    async def deliver(records: Sequence[int]) -> list[Outcome]:
+    async def deliver(records: Sequence[int]) -> list[Delivery]:
         in_flight.append(len(sink.calls))
         result = await original(records)
         in_flight.pop()

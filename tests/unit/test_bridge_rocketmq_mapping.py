@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from mqtt_operator.bridge.config import MqttToRocketMQ, RocketMQToMqtt
-from mqtt_operator.bridge.mapping import MqttPublish, Reject
-from mqtt_operator.bridge.mqtt5 import Message, Properties
+from mqtt_operator.bridge.records import Message, MqttPublish, Properties, Reject
 from mqtt_operator.bridge.rocketmq_mapping import (
     EMPTY_PAYLOAD_BODY,
     MAX_BODY_BYTES,

@@ -8,8 +8,7 @@ import pytest
 
 from mqtt_operator.bridge.config import DeviceEvents
 from mqtt_operator.bridge.device_events import DeviceEventMapping, parse_log_line
-from mqtt_operator.bridge.mapping import KafkaRecord, Skip
-from mqtt_operator.bridge.mqtt5 import Message
+from mqtt_operator.bridge.records import KafkaRecord, Message, Skip
 
 NOW_MS = 1_800_000_000_000
 

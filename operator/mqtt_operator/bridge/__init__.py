@@ -1,1 +1,1 @@
-"""The bridge worker (`mqtt-operator bridge`): sources, sinks, the at-least-once pipeline, metrics."""
+"""The bridge program (`mqtt-operator bridge`) that workers run: components, pipelines, metrics."""

@@ -18,8 +18,8 @@ import asyncio
 import logging
 import time
 
-from mqtt_operator.bridge.mqtt5 import Message
 from mqtt_operator.bridge.mqtt_source import MqttBatch, MqttSource
+from mqtt_operator.bridge.records import Message
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from mqtt_operator.bridge.kafka_sink import KafkaSink
-from mqtt_operator.bridge.mapping import KafkaRecord
 from mqtt_operator.bridge.metrics import Metrics
 from mqtt_operator.bridge.pipeline import deliver_with_retry
+from mqtt_operator.bridge.records import KafkaRecord
 
 log = logging.getLogger(__name__)
 

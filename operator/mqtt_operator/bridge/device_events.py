@@ -27,8 +27,7 @@ from time import strptime
 from typing import Final
 
 from mqtt_operator.bridge.config import DeviceEvents
-from mqtt_operator.bridge.mapping import KafkaRecord, Skip
-from mqtt_operator.bridge.mqtt5 import Message
+from mqtt_operator.bridge.records import KafkaRecord, Message, Skip
 
 # The notice-level log topic (`log_dest topic`): I, N, W, E, D are information, notice, warning ...
 LOG_TOPIC: Final = "$SYS/broker/log/N"

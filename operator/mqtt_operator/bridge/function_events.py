@@ -40,8 +40,8 @@ from urllib.parse import quote
 import msgspec
 
 from mqtt_operator.bridge.config import MqttToFunction
-from mqtt_operator.bridge.mapping import invalid_mqtt_topic, publisher_client_id
-from mqtt_operator.bridge.mqtt5 import Message
+from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, publisher_client_id
+from mqtt_operator.bridge.records import Message
 
 SPEC_VERSION: Final = "1.0"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"

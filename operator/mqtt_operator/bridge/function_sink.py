@@ -7,7 +7,8 @@ Calls wait in one FIFO queue for a fixed set of runner tasks: one when `ordered`
 time, in arrival order, a retry before anything behind it), else `concurrency` (never more than
 `maxConnections`, so no call waits for a pooled connection inside its deadline). Unordered, a call
 waiting for its retry leaves its runner and queues again when its delay is over: a few failing
-messages do not hold back the others.
+messages do not hold back the others. The runners, not the pipeline's window of batches, bound
+the calls (docs/bridge.md, "Calls in flight: why the sink keeps its own runners").
 
 Outcome of a call, for all its messages:
 
@@ -42,19 +43,20 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from enum import Enum
 from typing import NamedTuple
 
 import aiohttp
 from yarl import URL
 
 from mqtt_operator import __version__
+from mqtt_operator.bridge.component import Readiness
 from mqtt_operator.bridge.config import MqttToFunction, RetryPolicy
 from mqtt_operator.bridge.function_events import Encoder, FunctionEvent, ReplyTemplate, printable
-from mqtt_operator.bridge.mapping import MqttPublish
 from mqtt_operator.bridge.metrics import Metrics
-from mqtt_operator.bridge.mqtt5 import Properties
 from mqtt_operator.bridge.mqtt_sink import MqttSink
-from mqtt_operator.bridge.pipeline import TRANSIENT, Outcome, deliver_with_retry
+from mqtt_operator.bridge.pipeline import TRANSIENT, Delivery, deliver_with_retry
+from mqtt_operator.bridge.records import MqttPublish, Properties
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,15 @@ SCOUT_MAX_DELAY = 5.0
 JITTER = 0.2  # retry delays are spread by +-20 %
 USER_AGENT = f"mqtt-operator-bridge/{__version__}"
 
-OK, RETRY, REFUSED, UNREACHABLE, DROPPED = range(5)
+
+class AnswerKind(Enum):
+    """What one HTTP exchange with the function came to (an `Answer`'s kind)."""
+
+    OK = "ok"  # a 2xx answer
+    RETRY = "retry"  # 429, 5xx, a timeout or an answer that is not HTTP: retried, counted against `attempts`
+    REFUSED = "refused"  # any other status: fails at once
+    UNREACHABLE = "unreachable"  # no connection: nothing was sent
+    DROPPED = "dropped"  # the connection closed without an answer
 
 
 class Failure(str):
@@ -91,7 +101,7 @@ class Failure(str):
         return self
 
 
-class _Delivery:
+class _CallGroup:
     """The calls of one `deliver()`: once one finds the function unreachable, the rest are not tried."""
 
     __slots__ = ("halted",)
@@ -101,21 +111,21 @@ class _Delivery:
 
 
 class _Call:
-    __slots__ = ("body", "delivery", "done", "dropped_once", "events", "headers")
+    __slots__ = ("body", "done", "dropped_once", "events", "group", "headers")
 
     def __init__(
-        self, events: Sequence[FunctionEvent], done: asyncio.Future[Outcome], delivery: _Delivery
+        self, events: Sequence[FunctionEvent], done: asyncio.Future[Delivery], group: _CallGroup
     ) -> None:
         self.events = events
         self.done = done
-        self.delivery = delivery
+        self.group = group
         self.headers: dict[str, str] = {}
         self.body: bytes | None = None  # encoded on the first attempt, sent again by retries
         self.dropped_once = False
 
 
 class Answer(NamedTuple):
-    kind: int  # OK, RETRY, REFUSED, UNREACHABLE or DROPPED
+    kind: AnswerKind
     status: int | None = None
     why: str = ""
     body: bytes | None = None
@@ -212,6 +222,10 @@ class FunctionSink:
             asyncio.create_task(self._run(), name=f"function-call-{i}") for i in range(self.concurrency)
         ]
 
+    def readiness(self) -> Readiness:
+        # Reported, not required: the sink sets its own `bridge_connected{endpoint="function"}`.
+        return Readiness("function", self.reachable, self.last_error, required=False)
+
     async def close(self) -> None:
         tasks = [*self._runners, *([self._scout] if self._scout is not None else [])]
         for task in tasks:
@@ -222,17 +236,17 @@ class FunctionSink:
 
     # --- the pipeline's Sink ---
 
-    async def deliver(self, records: Sequence[FunctionEvent]) -> list[Outcome]:
+    async def deliver(self, records: Sequence[FunctionEvent]) -> list[Delivery]:
         assert self._runners, "start() the sink first"
         loop = asyncio.get_running_loop()
         size = self.batch_size
-        delivery = _Delivery()
+        group = _CallGroup()
         calls = []
         for start in range(0, len(records), size):
-            call = _Call(records[start : start + size], loop.create_future(), delivery)
+            call = _Call(records[start : start + size], loop.create_future(), group)
             self._queue.put_nowait(call)
             calls.append(call)
-        outcomes: list[Outcome] = []
+        outcomes: list[Delivery] = []
         try:
             for call in calls:
                 outcome = await call.done
@@ -255,7 +269,7 @@ class FunctionSink:
 
     async def _work(self, call: _Call) -> None:
         while not call.done.done():
-            if call.delivery.halted:
+            if call.group.halted:
                 call.done.set_result(TRANSIENT)
                 return
             try:
@@ -271,7 +285,7 @@ class FunctionSink:
                 asyncio.get_running_loop().call_later(result, self._requeue, call)
                 return
             if result is TRANSIENT:
-                call.delivery.halted = True
+                call.group.halted = True
             if not call.done.done():
                 call.done.set_result(result)
 
@@ -279,7 +293,7 @@ class FunctionSink:
         if not call.done.done():
             self._queue.put_nowait(call)
 
-    async def _attempt(self, call: _Call) -> Outcome | float:
+    async def _attempt(self, call: _Call) -> Delivery | float:
         """One HTTP exchange: the call's outcome, or the seconds to wait before trying again."""
         if not self._gate.is_set():
             try:
@@ -292,21 +306,21 @@ class FunctionSink:
             call.headers["User-Agent"] = USER_AGENT
         answer = await self._exchange(events, call.headers, call.body)
         kind = answer.kind
-        if kind == OK:
+        if kind is AnswerKind.OK:
             if self.reply is not None and answer.body is None:
                 self._m_reply_failures.inc()
                 log.warning("the function's answer is not published: its body could not be read")
             elif self.reply is not None and answer.body:
                 await self._publish_reply(events, answer)
             return None
-        if kind == UNREACHABLE:
+        if kind is AnswerKind.UNREACHABLE:
             return TRANSIENT
-        if kind == DROPPED:
+        if kind is AnswerKind.DROPPED:
             if call.dropped_once:
                 return TRANSIENT
             call.dropped_once = True
             return 0.0  # probably a kept-alive connection the function had just closed
-        if kind == REFUSED:
+        if kind is AnswerKind.REFUSED:
             return Failure(f"{answer.why}; not retried", answer.status)
         failures = max(e.failures for e in events) + 1
         for event in events:
@@ -344,28 +358,28 @@ class FunctionSink:
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
             self._unreachable(f"cannot connect to the function at {self.url}: {err}")
             self._close_gate()
-            return Answer(UNREACHABLE)
+            return Answer(AnswerKind.UNREACHABLE)
         except TimeoutError:
             self._made_call(events, is_retry)
             self._m_timeouts.inc()
-            return Answer(RETRY, why=f"the function did not answer within {self.timeout:g} s")
+            return Answer(AnswerKind.RETRY, why=f"the function did not answer within {self.timeout:g} s")
         except aiohttp.ClientConnectionError as err:
             self._made_call(events, is_retry)
             self._unreachable(f"the function closed the connection without answering: {err}")
-            return Answer(DROPPED)
+            return Answer(AnswerKind.DROPPED)
         except aiohttp.ClientError as err:  # an answer that is not valid HTTP: like a 5xx
             self._made_call(events, is_retry)
-            return Answer(RETRY, why=f"the function's answer is not valid HTTP: {err}")
+            return Answer(AnswerKind.RETRY, why=f"the function's answer is not valid HTTP: {err}")
         self._made_call(events, is_retry)
         self._answered()
         self._scout_delay = SCOUT_FIRST_DELAY
         if 200 <= status < 300:
             self._m_succeeded.inc()
-            return Answer(OK, status, body=content, content_type=answer_type)
+            return Answer(AnswerKind.OK, status, body=content, content_type=answer_type)
         why = f"the function answered {status} {reason}".rstrip()
         if status == 429 or status >= 500:
-            return Answer(RETRY, status, why, retry_after=_retry_after(retry_after))
-        return Answer(REFUSED, status, why)
+            return Answer(AnswerKind.RETRY, status, why, retry_after=_retry_after(retry_after))
+        return Answer(AnswerKind.REFUSED, status, why)
 
     def _made_call(self, events: Sequence[FunctionEvent], is_retry: bool) -> None:
         self._m_calls.inc()

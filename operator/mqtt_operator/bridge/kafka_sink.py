@@ -40,9 +40,10 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from mqtt_operator.bridge.component import Readiness
 from mqtt_operator.bridge.config import KAFKA_SASL_PASSWORD_ENV, KAFKA_SASL_USERNAME_ENV, KafkaEndpoint
-from mqtt_operator.bridge.mapping import KafkaRecord
-from mqtt_operator.bridge.pipeline import TRANSIENT, Outcome, TransientError
+from mqtt_operator.bridge.pipeline import TRANSIENT, Delivery, TransientError
+from mqtt_operator.bridge.records import KafkaRecord
 from mqtt_operator.logs import register_secret
 
 log = logging.getLogger(__name__)
@@ -116,16 +117,19 @@ class KafkaSink:
     def ready(self) -> bool:
         return self.producer is not None and self.reachable
 
-    async def probe(self) -> bool:
+    def readiness(self) -> Readiness:
+        # No error text: `last_error` is the last failed delivery's, not the connection's.
+        return Readiness("kafka producer", self.ready, None)
+
+    async def probe(self) -> None:
         """Ask the cluster for its metadata: is Kafka answering right now? (readiness)"""
         producer = self.producer
         try:
             if producer is None:
-                return False
+                return
             self.reachable = bool(await asyncio.wait_for(producer.client.force_metadata_update(), 5))
         except (TimeoutError, KafkaError, OSError):
             self.reachable = False
-        return self.reachable
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -141,9 +145,12 @@ class KafkaSink:
         )
 
     async def start(self) -> None:
-        """Connect; raises KafkaError when the cluster does not answer (the caller retries)."""
-        async with self._lock:
-            await self._start()
+        """Connect; a cluster that does not answer yet is only logged: delivery retries (recover())."""
+        try:
+            async with self._lock:
+                await self._start()
+        except (KafkaError, OSError) as err:
+            log.warning("Kafka not reachable yet; delivery will retry", extra={"error": str(err)})
 
     async def _start(self) -> None:
         if self.producer is not None:
@@ -198,7 +205,7 @@ class KafkaSink:
         return cached
 
     async def _submit(
-        self, producer: AIOKafkaProducer, records: Sequence[KafkaRecord], outcomes: list[Outcome]
+        self, producer: AIOKafkaProducer, records: Sequence[KafkaRecord], outcomes: list[Delivery]
     ) -> list[tuple[asyncio.Future[Any], list[int]]]:
         """Build one batch per topic-partition and queue them in the producer; their futures."""
         # (topic, partition) -> (builder, record positions); finished builders queue up in `ready`.
@@ -258,11 +265,11 @@ class KafkaSink:
             sent.append((fut, positions))
         return sent
 
-    async def deliver(self, records: Sequence[KafkaRecord]) -> list[Outcome]:
+    async def deliver(self, records: Sequence[KafkaRecord]) -> list[Delivery]:
         producer = self.producer
         if producer is None:
             raise TransientError("not connected to Kafka")
-        outcomes: list[Outcome] = [None] * len(records)
+        outcomes: list[Delivery] = [None] * len(records)
         # Batches are handed to the producer in the order deliver() was called (the lock is FIFO),
         # so the pipeline's concurrent batches reach each partition in arrival order.
         async with self._submit_lock:

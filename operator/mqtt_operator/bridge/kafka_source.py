@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from mqtt_operator.bridge.component import Readiness
 from mqtt_operator.bridge.config import KafkaEndpoint, KafkaToMqtt
 from mqtt_operator.bridge.kafka_sink import kafka_client_options
 from mqtt_operator.bridge.pipeline import backoff
@@ -58,13 +59,29 @@ class KafkaSource:
         self.max_batch = max_batch
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = False
-        # Set by the worker to the pipeline's wait_idle: revoked partitions are drained first.
-        self.drain: Callable[[], Awaitable[None]] = _nothing
+        self._drain: Callable[[], Awaitable[None]] = _nothing  # see drain_before_revoke()
         self.last_error: str | None = None
+
+    def drain_before_revoke(self, wait_idle: Callable[[], Awaitable[None]]) -> None:
+        """Wire the pipeline that takes from this source: on a rebalance, the partitions being revoked
+        are handed over only after `wait_idle()` (the pipeline settled what it took, up to 30 s), so
+        what this member took is committed before another member starts on those partitions."""
+        self._drain = wait_idle
 
     @property
     def ready(self) -> bool:
         return self.consumer is not None and bool(self.consumer.assignment())
+
+    # --- the program's Component ---
+
+    async def start(self) -> None:
+        """Nothing yet: the consumer connects on the first take(), when the pipeline runs."""
+
+    def readiness(self) -> Readiness:
+        return Readiness("kafka consumer", self.ready, self.last_error)
+
+    async def probe(self) -> None:
+        """Nothing to ask: a fetch that fails says so."""
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -84,7 +101,7 @@ class KafkaSource:
             consumer = self._new_consumer()
             try:
                 await consumer.start()
-                consumer.subscribe([self.spec.kafka_topic], listener=_DrainOnRevoke(lambda: self.drain()))
+                consumer.subscribe([self.spec.kafka_topic], listener=_DrainOnRevoke(lambda: self._drain()))
                 self.last_error = None
                 log.info(
                     "consumer started",

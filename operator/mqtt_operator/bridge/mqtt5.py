@@ -1,4 +1,4 @@
-"""MQTT 5 wire format: encoding the packets the worker sends and decoding the ones it receives.
+"""The MQTT 5 wire format: encoding the packets the bridge sends and decoding the ones it receives.
 
 Pure functions over bytes, no I/O: the connection in `mqtt_client.py` uses them. Only what a
 QoS 0/1 client needs is here (no QoS 2 flows, no AUTH exchange, no topic aliases: the worker
@@ -9,8 +9,10 @@ path of the uplink and is written for speed: one pass over a buffer holding many
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
+
+from mqtt_operator.bridge.records import Message, Properties
 
 # Packet types (the high nibble of the first byte).
 CONNECT: Final = 1
@@ -186,31 +188,6 @@ def _packet(first_byte: int, body: bytes) -> bytes:
 # --- properties ---------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Properties:
-    """The MQTT 5 properties of one packet; absent properties are None / empty."""
-
-    payload_format: int | None = None
-    message_expiry: int | None = None
-    content_type: str | None = None
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    user_properties: list[tuple[str, str]] = field(default_factory=list)
-    subscription_ids: list[int] = field(default_factory=list)
-    session_expiry: int | None = None
-    assigned_client_id: str | None = None
-    server_keep_alive: int | None = None
-    reason_string: str | None = None
-    receive_maximum: int | None = None
-    topic_alias_maximum: int | None = None
-    topic_alias: int | None = None
-    maximum_qos: int | None = None
-    retain_available: int | None = None
-    maximum_packet_size: int | None = None
-    shared_sub_available: int | None = None
-    other: dict[int, object] = field(default_factory=dict)
-
-
 _ATTR = {
     PAYLOAD_FORMAT: "payload_format",
     MESSAGE_EXPIRY: "message_expiry",
@@ -372,12 +349,6 @@ def publish(
     return bytes((first,)) + encode_varint(len(head) + len(payload)) + head + payload
 
 
-def puback(packet_id: int, reason: int = 0) -> bytes:
-    if reason == 0:
-        return b"\x40\x02" + _U16.pack(packet_id)
-    return b"\x40\x03" + _U16.pack(packet_id) + bytes((reason,))
-
-
 def pubacks(packet_ids: list[int]) -> bytes:
     """Many success PUBACKs in one buffer, in the given order (one socket write for a whole batch)."""
     return b"".join([b"\x40\x02" + pid.to_bytes(2, "big") for pid in packet_ids])
@@ -423,35 +394,6 @@ class Ack:
 class Disconnect:
     reason: int
     props: Properties
-
-
-class Message:
-    """One PUBLISH received from the broker."""
-
-    __slots__ = ("dup", "packet_id", "payload", "props", "qos", "received", "retain", "topic")
-
-    def __init__(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int,
-        retain: bool,
-        dup: bool,
-        packet_id: int,
-        props: Properties | None,
-        received: float = 0.0,
-    ) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.retain = retain
-        self.dup = dup
-        self.packet_id = packet_id
-        self.props = props
-        self.received = received
-
-    def __repr__(self) -> str:
-        return f"Message({self.topic!r}, qos={self.qos}, packet_id={self.packet_id}, {len(self.payload)} B)"
 
 
 def _props_at(buf: bytes, pos: int) -> tuple[Properties, int]:

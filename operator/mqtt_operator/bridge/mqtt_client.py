@@ -23,7 +23,8 @@ from typing import Any
 
 from mqtt_operator.bridge import mqtt5
 from mqtt_operator.bridge.config import MQTT_PASSWORD_ENV, MqttEndpoint
-from mqtt_operator.bridge.mqtt5 import Message, Properties, reason_text
+from mqtt_operator.bridge.mqtt5 import reason_text
+from mqtt_operator.bridge.records import Message, Properties
 from mqtt_operator.logs import register_secret
 
 log = logging.getLogger(__name__)

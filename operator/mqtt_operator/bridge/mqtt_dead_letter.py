@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import logging
 
-from mqtt_operator.bridge.mapping import MqttPublish
 from mqtt_operator.bridge.metrics import Metrics
-from mqtt_operator.bridge.mqtt5 import Message, Properties
 from mqtt_operator.bridge.mqtt_sink import MqttSink
 from mqtt_operator.bridge.pipeline import deliver_with_retry
+from mqtt_operator.bridge.records import Message, MqttPublish, Properties
 
 log = logging.getLogger(__name__)
 

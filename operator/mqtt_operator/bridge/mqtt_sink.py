@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mqtt_operator.bridge import mqtt5
+from mqtt_operator.bridge.component import Readiness
 from mqtt_operator.bridge.config import MqttEndpoint
-from mqtt_operator.bridge.mapping import MqttPublish
 from mqtt_operator.bridge.mqtt_client import (
     ConnectionLost,
     MqttConnection,
@@ -25,14 +25,15 @@ from mqtt_operator.bridge.mqtt_client import (
     endpoint_options,
     open_connection,
 )
-from mqtt_operator.bridge.pipeline import TRANSIENT, Outcome, TransientError, backoff
+from mqtt_operator.bridge.pipeline import TRANSIENT, Delivery, TransientError, backoff
+from mqtt_operator.bridge.records import MqttPublish, Properties
 
 log = logging.getLogger(__name__)
 
 PUBACK_TIMEOUT = 30.0
 
 
-def _props_size(props: mqtt5.Properties | None) -> int:
+def _props_size(props: Properties | None) -> int:
     """About the bytes `props` take in a PUBLISH (its variable-length fields; the rest is in the margin)."""
     if props is None:
         return 0
@@ -60,8 +61,16 @@ class MqttSink:
     def ready(self) -> bool:
         return self.conn is not None and self.conn.is_open
 
-    def start(self) -> None:
+    # --- the program's Component ---
+
+    async def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name="mqtt-sink")
+
+    def readiness(self) -> Readiness:
+        return Readiness("mqtt publisher", self.ready, self.last_error)
+
+    async def probe(self) -> None:
+        """Nothing to ask: the connection's keep-alive notices a dead broker."""
 
     async def _run(self) -> None:
         options: dict[str, Any] = endpoint_options(self.endpoint)
@@ -100,20 +109,20 @@ class MqttSink:
                 log.warning(self.last_error)
                 await asyncio.sleep(backoff(1, base=0.5, cap=30))
 
-    async def deliver(self, records: Sequence[MqttPublish]) -> list[Outcome]:
+    async def deliver(self, records: Sequence[MqttPublish]) -> list[Delivery]:
         try:
             await asyncio.wait_for(self._connected.wait(), 5)
         except TimeoutError as err:
             raise TransientError(self.last_error or "not connected to the MQTT broker") from err
         conn = self.conn
         assert conn is not None
-        outcomes: list[Outcome] = [None] * len(records)
+        outcomes: list[Delivery] = [None] * len(records)
         waits: list[tuple[int, asyncio.Future[int]]] = []
         limit = conn.max_packet_size
         try:
             for pos, (topic, payload, qos, retain, user_properties, props) in enumerate(records):
                 if props is None and user_properties:
-                    props = mqtt5.Properties(user_properties=user_properties)
+                    props = Properties(user_properties=user_properties)
                 if limit is not None and len(payload) + len(topic) + _props_size(props) + 64 > limit:
                     outcomes[pos] = f"larger than the broker's maximum packet size ({limit} bytes)"
                     continue

@@ -20,8 +20,9 @@ import contextlib
 import logging
 from typing import Any
 
+from mqtt_operator.bridge.component import Readiness
 from mqtt_operator.bridge.config import MqttEndpoint
-from mqtt_operator.bridge.mqtt5 import Message, reason_text
+from mqtt_operator.bridge.mqtt5 import reason_text
 from mqtt_operator.bridge.mqtt_client import (
     ConnectionLost,
     MqttConnection,
@@ -30,6 +31,7 @@ from mqtt_operator.bridge.mqtt_client import (
     open_connection,
 )
 from mqtt_operator.bridge.pipeline import backoff
+from mqtt_operator.bridge.records import Message
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,11 @@ class MqttSource:
         share_group: str | None,
         topic_filters: tuple[str, ...],
         max_batch: int = 5000,
+        role: str = "mqtt source",
     ) -> None:
         """`share_group` None subscribes the filters as they are (for `$SYS` topics, which Mosquitto 2.0
-        does not deliver to shared subscriptions)."""
+        does not deliver to shared subscriptions); `role` names it on /readyz."""
+        self.role = role
         self.endpoint = endpoint
         self.client_id = client_id
         self.subscriptions = [(f"$share/{share_group}/{f}" if share_group else f, 1) for f in topic_filters]
@@ -75,8 +79,16 @@ class MqttSource:
     def ready(self) -> bool:
         return self.conn is not None and self.conn.is_open and self.subscribed
 
-    def start(self) -> None:
+    # --- the program's Component ---
+
+    async def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name="mqtt-source")
+
+    def readiness(self) -> Readiness:
+        return Readiness(self.role, self.ready, self.last_error)
+
+    async def probe(self) -> None:
+        """Nothing to ask: the connection's keep-alive notices a dead broker."""
 
     def _on_messages(self, conn: MqttConnection, messages: list[Message]) -> None:
         if conn is not self.conn:

@@ -1,14 +1,15 @@
 """The at-least-once pipeline: source -> mapping -> sink, with dead letters, retries and ordered settling.
 
-Every integration of the worker is one `Pipeline` over a `Source` (MQTT shared subscription,
-Kafka consumer group, later RocketMQ ...), a mapping (a pure function, `mapping.py`) and a `Sink`
-(Kafka producer, MQTT publisher, later an HTTP function ...):
+Every route of the bridge program is one `Pipeline` over a `Source` (MQTT shared subscription,
+Kafka consumer group, RocketMQ consumer), a mapping (a pure function: `kafka_mapping.py`,
+`rocketmq_mapping.py`, `function_events.py`, `device_events.py`) and a `Sink` (Kafka producer,
+MQTT publisher, RocketMQ producer, HTTP function):
 
 1. `source.take()` hands over what has arrived (a batch: everything buffered, so batches grow
    with the load and stay single messages when it is light).
 2. The mapping turns each message into a record, a `Skip` or a `Reject`.
-3. `sink.deliver(records)` returns, per record, None (confirmed), a reason (can never be
-   delivered) or `TRANSIENT`. Transient failures are retried with backoff, the sink reconnecting
+3. `sink.deliver(records)` returns, per record, a `Delivery`: None (confirmed), a reason (can
+   never be delivered) or `TRANSIENT`. Transient failures are retried with backoff, the sink reconnecting
    after the second one, for as long as it takes: the message is not acknowledged meanwhile, so
    the source (the broker's session, the consumer group's offset) keeps it.
 4. Rejected and permanently failed messages go to the dead letter (`DeadLetters`), with their reason.
@@ -30,8 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, Protocol, TypeVar
 
-from mqtt_operator.bridge.mapping import Reject, Skip
 from mqtt_operator.bridge.metrics import Metrics
+from mqtt_operator.bridge.records import Reject, Skip
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class _Transient:
 
 
 TRANSIENT: Final = _Transient()
-Outcome = str | _Transient | None  # None: delivered; str: never deliverable, why; TRANSIENT: retry
+Delivery = str | _Transient | None  # None: delivered; str: never deliverable, why; TRANSIENT: retry
 
 
 class TransientError(Exception):
@@ -74,7 +75,7 @@ class Source(Protocol[M]):
 class Sink(Protocol[R_in]):
     name: str
 
-    async def deliver(self, records: Sequence[R_in]) -> list[Outcome]: ...
+    async def deliver(self, records: Sequence[R_in]) -> list[Delivery]: ...
 
     async def recover(self) -> None:
         """Reconnect after repeated transient failures."""
@@ -214,6 +215,11 @@ class Pipeline(Generic[M, R]):
         finally:
             if self._settler is not None:
                 self._settler.cancel()
+
+    @property
+    def in_flight(self) -> int:
+        """Messages taken and not settled yet."""
+        return self._in_flight_count
 
     @property
     def idle(self) -> bool:

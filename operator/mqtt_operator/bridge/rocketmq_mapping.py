@@ -38,15 +38,13 @@ from typing import Final, NamedTuple
 import msgspec
 
 from mqtt_operator.bridge.config import MqttToRocketMQ, RocketMQToMqtt
-from mqtt_operator.bridge.mapping import (
-    MqttPublish,
-    Reject,
+from mqtt_operator.bridge.message_fields import (
     invalid_mqtt_topic,
     json_field,
     parse_json_path,
     publisher_client_id,
 )
-from mqtt_operator.bridge.mqtt5 import Message
+from mqtt_operator.bridge.records import Message, MqttPublish, Reject
 
 # Property names of the MQTT metadata.
 P_TOPIC: Final = "mqtt.topic"

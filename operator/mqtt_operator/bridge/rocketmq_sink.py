@@ -22,12 +22,14 @@ only the culprit fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Final
 
+from mqtt_operator.bridge.component import Readiness
 from mqtt_operator.bridge.config import RocketMQEndpoint
-from mqtt_operator.bridge.pipeline import TRANSIENT, Outcome, TransientError
+from mqtt_operator.bridge.pipeline import TRANSIENT, Delivery, TransientError
 from mqtt_operator.bridge.rocketmq_client import RocketMQProducer
 from mqtt_operator.bridge.rocketmq_mapping import RocketMQRecord
 
@@ -60,6 +62,7 @@ class RocketMQSink:
         self.batch_messages = batch_messages
         self.batch_bytes = batch_bytes
         self.producer = RocketMQProducer(endpoint, topic, fifo=ordered)
+        self._connecting: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(in_flight or (ORDERED_IN_FLIGHT if ordered else IN_FLIGHT))
 
     @property
@@ -70,32 +73,45 @@ class RocketMQSink:
     def last_error(self) -> str | None:
         return self.producer.last_error
 
+    # --- the program's Component ---
+
     async def start(self) -> None:
-        """Connect and look the topic up; failures are logged and retried by deliver() and probe()."""
+        """Connect in the background; a proxy that does not answer yet is retried by deliver() and probe()."""
+        self._connecting = asyncio.create_task(self._connect(), name="rocketmq-producer-start")
+
+    def readiness(self) -> Readiness:
+        return Readiness("rocketmq producer", self.ready, self.last_error)
+
+    async def _connect(self) -> None:
+        """Connect and look the topic up; failures are logged."""
         status = await self.producer.connect()
         if status.kind == "ok":
             log.info("RocketMQ producer connected", extra={"topic": self.topic, "fifo": self.ordered})
         else:
             log.warning("RocketMQ producer not ready yet; delivery will retry", extra={"error": status.text})
 
-    async def probe(self) -> bool:
+    async def probe(self) -> None:
         """Is the proxy answering, and does the topic exist? (readiness, also while nothing flows)"""
-        return (await self.producer.probe()).kind == "ok"
+        await self.producer.probe()
 
     async def recover(self) -> None:
         """Look the route up again (a topic created meanwhile, a proxy back at another address)."""
         await self.producer.connect()
 
     async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
         await self.producer.close()
 
-    async def deliver(self, records: Sequence[RocketMQRecord]) -> list[Outcome]:
+    async def deliver(self, records: Sequence[RocketMQRecord]) -> list[Delivery]:
         producer = self.producer
         if producer.endpoints is None:
             status = await producer.connect()
             if status.kind != "ok":
                 raise TransientError(status.text)
-        outcomes: list[Outcome] = [None] * len(records)
+        outcomes: list[Delivery] = [None] * len(records)
         if self.ordered:
             await self._deliver_ordered(records, outcomes)
         else:
@@ -119,7 +135,7 @@ class RocketMQSink:
         return chunks
 
     async def _send(
-        self, records: Sequence[RocketMQRecord], positions: list[int], outcomes: list[Outcome]
+        self, records: Sequence[RocketMQRecord], positions: list[int], outcomes: list[Delivery]
     ) -> None:
         async with self._slots:
             status = await self.producer.send([records[p] for p in positions])
@@ -135,14 +151,14 @@ class RocketMQSink:
         # One record spoiled the request: find it by sending each alone.
         await asyncio.gather(*(self._send(records, [pos], outcomes) for pos in positions))
 
-    async def _deliver_batches(self, records: Sequence[RocketMQRecord], outcomes: list[Outcome]) -> None:
+    async def _deliver_batches(self, records: Sequence[RocketMQRecord], outcomes: list[Delivery]) -> None:
         chunks = self._chunks(records)
         if len(chunks) == 1:
             await self._send(records, chunks[0], outcomes)
         else:
             await asyncio.gather(*(self._send(records, chunk, outcomes) for chunk in chunks))
 
-    async def _deliver_ordered(self, records: Sequence[RocketMQRecord], outcomes: list[Outcome]) -> None:
+    async def _deliver_ordered(self, records: Sequence[RocketMQRecord], outcomes: list[Delivery]) -> None:
         groups: dict[str | None, list[int]] = {}
         for pos, record in enumerate(records):
             groups.setdefault(record.message_group, []).append(pos)

@@ -30,6 +30,7 @@ import logging
 import time
 from typing import Final
 
+from mqtt_operator.bridge.component import Readiness
 from mqtt_operator.bridge.config import RocketMQEndpoint, RocketMQToMqtt
 from mqtt_operator.bridge.pipeline import backoff
 from mqtt_operator.bridge.rocketmq_client import MIN_INVISIBLE_S, RECEIVE_BATCH, RocketMQConsumer, Status
@@ -96,7 +97,15 @@ class RocketMQSource:
     def last_error(self) -> str | None:
         return self.consumer.last_error
 
-    def start(self) -> None:
+    # --- the program's Component ---
+
+    def readiness(self) -> Readiness:
+        return Readiness("rocketmq consumer", self.ready, self.last_error)
+
+    async def probe(self) -> None:
+        """Nothing to ask: the receive loops report the proxy's state."""
+
+    async def start(self) -> None:
         for index in range(self.receivers):
             self._tasks.append(
                 asyncio.create_task(

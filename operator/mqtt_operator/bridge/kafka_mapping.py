@@ -1,4 +1,4 @@
-"""The mappings between MQTT messages and Kafka records, both ways: pure functions, no I/O.
+"""The Kafka mapping: MQTT messages to Kafka records and back, with their dead letters. Pure, no I/O.
 
 MQTT -> Kafka (`Uplink`): the Kafka topic (fixed, or the MQTT topic's first level when it is a
 registered parent topic), the key (none, the MQTT topic, the publisher's client id, or a field of
@@ -8,14 +8,8 @@ data) and the value (the raw payload or the JSON envelope).
 Kafka -> MQTT (`Downlink`): the MQTT topic, QoS and retain flag from record headers, with defaults.
 
 Each mapping returns a record for the sink, a `Skip` (counted and acknowledged, e.g. a topic that
-is not a registered parent) or a `Reject` (goes to the dead letter with its reason).
-
-The publisher's client id: Mosquitto 2.0 does not put it on a delivered message, so it is taken,
-in this order, from a configured topic level (`clientIdTopicLevel`: robust, because the broker's
-ACL decides who may publish under `devices/<id>/...`, a device cannot claim another's level) or
-from the MQTT 5 user property the device sets (`clientIdProperty`, default `clientId`: a
-convention the device follows, not enforced by the broker). Without either it is unknown and
-left out.
+is not a registered parent) or a `Reject` (goes to the dead letter with its reason). The publisher's
+client id and JSON key fields are read as `message_fields.py` says.
 """
 
 from __future__ import annotations
@@ -26,12 +20,18 @@ import re
 import time
 from collections.abc import Sequence
 from itertools import count
-from typing import Any, Final, NamedTuple
+from typing import Final
 
 import msgspec
 
 from mqtt_operator.bridge.config import KafkaToMqtt, MqttToKafka
-from mqtt_operator.bridge.mqtt5 import Message, Properties
+from mqtt_operator.bridge.message_fields import (
+    invalid_mqtt_topic,
+    json_field,
+    parse_json_path,
+    publisher_client_id,
+)
+from mqtt_operator.bridge.records import Header, KafkaRecord, Message, MqttPublish, Reject, Skip
 
 # Kafka header names of the MQTT system fields. User properties keep their own names.
 H_TOPIC: Final = "mqtt.topic"
@@ -50,126 +50,17 @@ H_MESSAGE_EXPIRY: Final = "mqtt.messageExpiry"
 _QOS = (b"0", b"1", b"2")
 _BOOL = (b"false", b"true")
 _KAFKA_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
-
-Header = tuple[str, bytes]
-
-
-class KafkaRecord(NamedTuple):
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[Header]
-    timestamp_ms: int
-
+_encode_json = msgspec.json.Encoder().encode
 
 # KafkaRecord(...) goes through a generated __new__; tuple.__new__ builds the same object faster.
 _new_record = tuple.__new__
-
-
-class MqttPublish(NamedTuple):
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    user_properties: list[tuple[str, str]]
-    # Further MQTT 5 properties (content type, correlation data); when given, they are sent as they
-    # are and `user_properties` is ignored (put them in `props.user_properties`).
-    props: Properties | None = None
-
-
-class Skip(NamedTuple):
-    reason: str
-
-
-class Reject(NamedTuple):
-    reason: str
 
 
 def valid_kafka_topic(name: str) -> bool:
     return _KAFKA_TOPIC.fullmatch(name) is not None and name not in (".", "..")
 
 
-def invalid_mqtt_topic(topic: str) -> str | None:
-    """Why `topic` cannot be published to, or None when it can."""
-    if not topic:
-        return "empty MQTT topic"
-    if "+" in topic or "#" in topic:
-        return f"MQTT topic {topic!r} contains a wildcard"
-    if topic.startswith("$"):
-        return f"MQTT topic {topic!r} starts with '$' (reserved for the broker)"
-    if "\x00" in topic:
-        return "MQTT topic contains a NUL character"
-    if len(topic.encode()) > 65535:
-        return "MQTT topic longer than 65535 bytes"
-    return None
-
-
-# --- JSON paths -------------------------------------------------------------------------------
-
-_PATH_PART = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]")
-
-
-def parse_json_path(path: str) -> tuple[str | int, ...]:
-    """`$.a.b`, `$.list[0].x`, `$['odd key']` -> ('a', 'b'), ('list', 0, 'x'), ('odd key',)."""
-    if not path.startswith("$"):
-        raise ValueError(f"JSON path {path!r} must start with '$'")
-    parts: list[str | int] = []
-    pos = 1
-    while pos < len(path):
-        match = _PATH_PART.match(path, pos)
-        if match is None:
-            raise ValueError(f"JSON path {path!r}: cannot read {path[pos:]!r}")
-        name, index, quoted, dquoted = match.groups()
-        if index is not None:
-            parts.append(int(index))
-        else:
-            parts.append(next(p for p in (name, quoted, dquoted) if p is not None))
-        pos = match.end()
-    if not parts:
-        raise ValueError(f"JSON path {path!r} names no field")
-    return tuple(parts)
-
-
-_decode_json = msgspec.json.Decoder().decode
-_encode_json = msgspec.json.Encoder().encode
-
-
-def json_field(payload: bytes, path: Sequence[str | int]) -> bytes | None:
-    """The field at `path` as key bytes (strings as their UTF-8 text, others as JSON), or None."""
-    try:
-        node: Any = _decode_json(payload)
-    except msgspec.DecodeError:
-        return None
-    for part in path:
-        if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
-                return None
-        elif not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if node is None:
-        return None
-    if isinstance(node, str):
-        return node.encode()
-    return _encode_json(node)
-
-
 # --- MQTT -> Kafka ----------------------------------------------------------------------------
-
-
-def publisher_client_id(msg: Message, topic_level: int | None, property_name: str) -> str | None:
-    """The publisher's client id: the topic level `topic_level` when set, else the user property
-    `property_name`; None when unknown (see the module's doc)."""
-    if topic_level is not None:
-        levels = msg.topic.split("/")
-        if topic_level < len(levels) and levels[topic_level]:
-            return levels[topic_level]
-        return None
-    if msg.props is not None:
-        for name, value in msg.props.user_properties:
-            if name == property_name:
-                return value
-    return None
 
 
 class Uplink:

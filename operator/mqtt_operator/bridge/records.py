@@ -1,0 +1,103 @@
+"""What flows through every pipeline: the MQTT message taken, the records sinks deliver, Skip and Reject.
+
+Neutral ground for the sources, mappings, sinks and dead letters: none of them needs the MQTT 5 codec
+(`mqtt5.py`, which builds `Message` and `Properties` from the wire and is imported only by the MQTT
+client, source and sink) or another integration's mapping to name what it handles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+@dataclass(slots=True)
+class Properties:
+    """The MQTT 5 properties of one packet; absent properties are None / empty."""
+
+    payload_format: int | None = None
+    message_expiry: int | None = None
+    content_type: str | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: list[tuple[str, str]] = field(default_factory=list)
+    subscription_ids: list[int] = field(default_factory=list)
+    session_expiry: int | None = None
+    assigned_client_id: str | None = None
+    server_keep_alive: int | None = None
+    reason_string: str | None = None
+    receive_maximum: int | None = None
+    topic_alias_maximum: int | None = None
+    topic_alias: int | None = None
+    maximum_qos: int | None = None
+    retain_available: int | None = None
+    maximum_packet_size: int | None = None
+    shared_sub_available: int | None = None
+    other: dict[int, object] = field(default_factory=dict)
+
+
+class Message:
+    """One PUBLISH received from the broker."""
+
+    __slots__ = ("dup", "packet_id", "payload", "props", "qos", "received", "retain", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        dup: bool,
+        packet_id: int,
+        props: Properties | None,
+        received: float = 0.0,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.dup = dup
+        self.packet_id = packet_id
+        self.props = props
+        self.received = received
+
+    def __repr__(self) -> str:
+        return f"Message({self.topic!r}, qos={self.qos}, packet_id={self.packet_id}, {len(self.payload)} B)"
+
+
+Header = tuple[str, bytes]
+
+
+class KafkaRecord(NamedTuple):
+    """What the Kafka sink produces (the uplink's, the device events' and the dead letters' records)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[Header]
+    timestamp_ms: int
+
+
+class MqttPublish(NamedTuple):
+    """What the MQTT sink publishes (the downlinks', the replies' and the MQTT dead letters' records)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    user_properties: list[tuple[str, str]]
+    # Further MQTT 5 properties (content type, correlation data); when given, they are sent as they
+    # are and `user_properties` is ignored (put them in `props.user_properties`).
+    props: Properties | None = None
+
+
+class Skip(NamedTuple):
+    """A mapping's answer for a message that is counted and acknowledged, not delivered."""
+
+    reason: str
+
+
+class Reject(NamedTuple):
+    """A mapping's answer for a message that goes to the dead letter, with the reason."""
+
+    reason: str
