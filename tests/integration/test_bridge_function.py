@@ -22,11 +22,11 @@ import pytest
 from aiohttp import web
 from test_bridge_helpers import (
     Subscriber,
+    SysDropped,
     WorkerProcess,
     no_drop_broker,
     paho_publish,
     publish_fast,
-    sys_dropped,
     unique,
     wait_for,
 )
@@ -391,6 +391,7 @@ def test_a_connection_dropped_without_answer_uses_no_attempt(broker: Mosquitto, 
 
 
 def test_function_down_for_30_seconds_loses_nothing(broker: Mosquitto, fn: Function) -> None:
+    dropped = SysDropped(broker.port)
     worker = start(broker, fn, concurrency=8)
     try:
         paho_publish(broker.port, [(f"vehicles/car-{i % 7}/s", b"%d" % i, {}) for i in range(100)])
@@ -411,7 +412,8 @@ def test_function_down_for_30_seconds_loses_nothing(broker: Mosquitto, fn: Funct
         assert worker.metric("bridge_failed_total", direction=FN, kind="transient") > 0
     finally:
         worker.stop()
-    assert sys_dropped(broker.port) == 0
+    with dropped:
+        assert dropped.value() == 0
 
 
 def test_ordered_mode_keeps_the_order_of_1000_messages(broker: Mosquitto, fn: Function) -> None:

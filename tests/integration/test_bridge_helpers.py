@@ -283,20 +283,31 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def sys_dropped(port: int) -> int:
-    """Mosquitto's $SYS/broker/publish/messages/dropped right now."""
-    got: list[bytes] = []
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("sys"), protocol=mqtt.MQTTv5)
-    client.on_message = lambda _c, _u, msg: got.append(msg.payload)
-    client.connect("127.0.0.1", port, 30)
-    client.loop_start()
-    client.subscribe("$SYS/broker/publish/messages/dropped", qos=0)
-    try:
-        wait_for("$SYS dropped counter", lambda: got, 15)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return int(got[0])
+class SysDropped:
+    """Mosquitto's $SYS/broker/publish/messages/dropped, followed from the start of a test.
+
+    Mosquitto 2.0 publishes its $SYS values retained but with a 60 s message expiry, and again only
+    when a value changes: a subscriber that comes more than 60 s after the last change gets nothing.
+    Subscribed while the broker is new, this sees the first value and every change after it."""
+
+    def __init__(self, port: int) -> None:
+        self.values: list[int] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("sys"), protocol=mqtt.MQTTv5)
+        self.client.on_message = lambda _c, _u, msg: self.values.append(int(msg.payload))
+        self.client.connect("127.0.0.1", port, 30)
+        self.client.loop_start()
+        self.client.subscribe("$SYS/broker/publish/messages/dropped", qos=0)
+        wait_for("$SYS dropped counter", lambda: self.values, 15)
+
+    def value(self) -> int:
+        return self.values[-1]
+
+    def __enter__(self) -> SysDropped:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 # --- Kafka --------------------------------------------------------------------------------------

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 from test_bridge_helpers import (
+    SysDropped,
     WorkerProcess,
     consume,
     no_drop_broker,
     publish_fast,
-    sys_dropped,
     unique,
     wait_for,
     worker_config,
@@ -71,6 +71,7 @@ def uplink_config(broker: Mosquitto, bootstrap: str, topic: str) -> dict[str, ob
 def test_a_worker_killed_mid_stream_loses_nothing(broker: Mosquitto, kafka: Kafka) -> None:
     topic = unique("cars")
     config = uplink_config(broker, kafka.bootstrap, topic)
+    dropped = SysDropped(broker.port)
     workers = [WorkerProcess(config, replica_id=f"w{i}").start() for i in range(2)]
     publisher = publish_in_background(broker.port, COUNT, seconds=6)
     try:
@@ -86,8 +87,9 @@ def test_a_worker_killed_mid_stream_loses_nothing(broker: Mosquitto, kafka: Kafk
         workers[1].start()
         publisher.join(60)
         records = consume(kafka.bootstrap, topic, COUNT, timeout=120, settle=2)
-        assert sys_dropped(broker.port) == 0
+        assert dropped.value() == 0
     finally:
+        dropped.__exit__()
         for w in workers:
             w.stop()
     seen = Counter(int(r.value) for r in records)
@@ -97,6 +99,7 @@ def test_a_worker_killed_mid_stream_loses_nothing(broker: Mosquitto, kafka: Kafk
 
 
 def test_kafka_down_for_30_seconds_loses_nothing(broker: Mosquitto) -> None:
+    dropped = SysDropped(broker.port)
     own = Kafka().start()  # this test stops its Kafka: not the shared one
     try:
         topic = unique("cars")
@@ -116,10 +119,11 @@ def test_kafka_down_for_30_seconds_loses_nothing(broker: Mosquitto) -> None:
             own.start()
             publisher.join(60)
             records = consume(own.bootstrap, topic, COUNT, timeout=180, settle=2)
-            assert sys_dropped(broker.port) == 0
+            assert dropped.value() == 0
         finally:
             worker.stop()
     finally:
+        dropped.__exit__()
         own.stop()
     seen = Counter(int(r.value) for r in records)
     assert set(seen) == set(range(COUNT)), f"missing: {sorted(set(range(COUNT)) - set(seen))[:20]}"

@@ -71,7 +71,7 @@ def plugin(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={"KUBECTL": tool("kubectl"), "PATH": "/usr/bin:/bin"},
+        env={"KUBECTL": tool("kubectl"), "PATH": "/usr/bin:/bin", "HOME": str(cp.root)},
         check=False,
     )
 
