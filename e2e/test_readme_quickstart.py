@@ -25,6 +25,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -84,8 +85,9 @@ def readme_env(cluster: Any, namespace: Namespace) -> Iterator[dict[str, str]]:
             check=True,
             capture_output=True,
         )
-        # `make dev` prints: export KUBECONFIG=... PATH=<testenv>/bin:$PATH
-        yield {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{BIN}:{os.environ['PATH']}"}
+        # `make dev` prints: export KUBECONFIG=... PATH=<testenv>/bin:<venv>/bin:$PATH
+        path = f"{BIN}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+        yield {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": path}
 
 
 def _connecting(pgid: int, program: str) -> bool:

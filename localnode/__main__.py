@@ -7,6 +7,7 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
 from localnode import system
 from localnode.node import Node, leftovers, sweep
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             system.install_function(node, "default")
             system.install_operator(node)
             print("operator installed by its chart in namespace mqtt-system", flush=True)
-        print(f"export KUBECONFIG={node.kubeconfig} PATH={BIN}:$PATH", flush=True)
+        # kubectl first, then the venv's console scripts (kubectl-mqtt, the kubectl plugin).
+        venv_bin = Path(sys.executable).parent
+        print(f"export KUBECONFIG={node.kubeconfig} PATH={BIN}:{venv_bin}:$PATH", flush=True)
         print("Ctrl-C stops the node and removes everything it made.", flush=True)
         while True:
             time.sleep(3600)
