@@ -131,3 +131,45 @@ def test_offsets_are_committed_only_after_the_broker_confirmed(broker: Mosquitto
         worker.stop()
         sub.close()
     assert sorted(int(p) for _, p, *_ in sub.messages) == list(range(3000))
+
+
+def test_qos2_records_reach_a_qos2_subscriber_at_qos2_with_the_seeds_headers(
+    broker: Mosquitto, kafka: Kafka
+) -> None:
+    """The cloud service's Java sample sends `mqttTopic`, `qosLevel` and `cleanSession` (its table spells
+    the QoS header `qoslevel`): as written, QoS 2 reaches a QoS 2 subscriber at QoS 2 (PUBREC, PUBREL,
+    PUBCOMP between worker and broker), and the offset is committed after PUBCOMP."""
+    commands, dlq = unique("mq2mqtt"), unique("dlq")
+    sub = Subscriber(broker.port, "devices/#", qos=2)
+    produce(
+        kafka.bootstrap,
+        commands,
+        [
+            (
+                None,
+                b"exactly",
+                [("mqttTopic", b"devices/1/cmd"), ("qosLevel", b"2"), ("cleanSession", b"false")],
+            ),
+            (
+                None,
+                b"lower",
+                [("mqttTopic", b"devices/2/cmd"), ("qoslevel", b"2"), ("cleanSession", b"true")],
+            ),
+            (None, b"once", [("mqttTopic", b"devices/3/cmd"), ("qosLevel", b"1")]),
+        ],
+    )
+    worker = downlink_worker(broker, kafka, commands, dlq)
+    try:
+        wait_for("three messages at the subscriber", lambda: len(sub.messages) >= 3, 60)
+        wait_for("three delivered", lambda: worker.metric("bridge_delivered_total", direction=DOWN) == 3)
+        assert worker.metric("bridge_dead_lettered_total", direction=DOWN) == 0
+    finally:
+        worker.stop()
+        sub.close()
+    got = {topic: (payload, qos) for topic, payload, qos, _, _ in sub.messages}
+    assert got == {
+        "devices/1/cmd": (b"exactly", 2),
+        "devices/2/cmd": (b"lower", 2),
+        "devices/3/cmd": (b"once", 1),
+    }
+    assert len(sub.messages) == 3  # exactly once to the device

@@ -209,8 +209,24 @@ def test_downlink_defaults_and_custom_header_names() -> None:
     assert route(b"x", [("mqttTopic", b"a/b")]).user_properties == [("mqttTopic", "a/b")]  # type: ignore[union-attr]
 
 
-def test_downlink_qos2_is_delivered_at_qos1() -> None:
-    assert down()(b"", [("mqttTopic", b"t"), ("qosLevel", b"2")]).qos == 1  # type: ignore[union-attr]
+def test_downlink_qos2_is_published_at_qos2() -> None:
+    assert down()(b"", [("mqttTopic", b"t"), ("qosLevel", b"2")]).qos == 2  # type: ignore[union-attr]
+
+
+def test_downlink_header_names_are_matched_without_regard_to_case() -> None:
+    # The cloud services' sample sends `qosLevel`; their table spells it `qoslevel`.
+    result = down()(b"x", [("MQTTTOPIC", b"a/b"), ("qoslevel", b"2"), ("Retain", b"true")])
+    assert result == MqttPublish("a/b", b"x", 2, True, [])
+
+
+def test_clean_session_true_is_for_the_devices_connected_now() -> None:
+    online = down()(b"x", [("mqttTopic", b"a/b"), ("cleanSession", b"true"), ("trace", b"t")])
+    assert isinstance(online, MqttPublish) and online.props is not None
+    assert online.props.message_expiry == 1
+    assert online.props.user_properties == [("trace", "t")]
+    queued = down()(b"x", [("mqttTopic", b"a/b"), ("cleanSession", b"false")])
+    assert isinstance(queued, MqttPublish) and queued.props is None
+    assert "not true or false" in down()(b"x", [("mqttTopic", b"a/b"), ("cleanSession", b"?")]).reason  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

@@ -142,3 +142,7 @@ def test_malformed_packets_are_protocol_errors() -> None:
 def test_reason_text() -> None:
     assert mqtt5.reason_text(0x87) == "0x87 Not authorized"
     assert mqtt5.reason_text(0x10) == "0x10 No matching subscribers"
+
+
+def test_pubrel_is_the_success_release_of_a_qos2_packet_id() -> None:
+    assert mqtt5.pubrel(0x1234) == b"\x62\x02\x12\x34"

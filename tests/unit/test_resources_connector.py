@@ -221,7 +221,7 @@ class TestBridgeConfig:
         custom = config_json(
             downlink(
                 consumerGroup="g1",
-                headers={"topic": "t", "qos": "q", "retain": "r"},
+                headers={"topic": "t", "qos": "q", "retain": "r", "cleanSession": "c"},
                 defaultTopic="devices/all/cmd",
                 defaultQos=0,
                 defaultRetain=True,
@@ -235,6 +235,7 @@ class TestBridgeConfig:
             "topicHeader": "t",
             "qosHeader": "q",
             "retainHeader": "r",
+            "cleanSessionHeader": "c",
             "defaultTopic": "devices/all/cmd",
             "defaultQos": 0,
             "defaultRetain": True,

@@ -88,6 +88,7 @@ class DownlinkHeaders(Model):
     topic: str = "mqttTopic"
     qos: str = "qosLevel"
     retain: str = "retain"
+    clean_session: str = "cleanSession"
 
 
 class KafkaToMqttSpec(Model):
@@ -96,7 +97,7 @@ class KafkaToMqttSpec(Model):
     start_from: Literal["latest", "earliest"] = "latest"
     headers: DownlinkHeaders = DownlinkHeaders()
     default_topic: str | None = None
-    default_qos: Literal[0, 1] = 1
+    default_qos: Literal[0, 1, 2] = 1
     default_retain: bool = False
 
 

@@ -37,7 +37,7 @@ class MqttSource(MqttSide):
 
 class MqttTarget(MqttSide):
     topic: str  # a template: {key}, {tag}, {messageId}, {property.NAME}
-    qos: Literal[0, 1] = 1
+    qos: Literal[0, 1, 2] = 1
     retain: bool = False
 
 

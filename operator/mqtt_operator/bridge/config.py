@@ -81,8 +81,9 @@ class KafkaToMqtt(ConfigModel):
     topic_header: str = "mqttTopic"
     qos_header: str = "qosLevel"
     retain_header: str = "retain"
+    clean_session_header: str = "cleanSession"
     default_topic: str | None = None
-    default_qos: Literal[0, 1] = 1
+    default_qos: Literal[0, 1, 2] = 1
     default_retain: bool = False
 
 
@@ -159,7 +160,7 @@ class RocketMQToMqtt(ConfigModel):
     tag_filter: str = "*"
     # A template over the RocketMQ message: {key} (its first key), {tag}, {messageId}, {property.NAME}.
     mqtt_topic: str
-    qos: Literal[0, 1] = 1
+    qos: Literal[0, 1, 2] = 1
     retain: bool = False
     ordered: bool = False
 

@@ -31,7 +31,7 @@ from mqtt_operator.bridge.message_fields import (
     parse_json_path,
     publisher_client_id,
 )
-from mqtt_operator.bridge.records import Header, KafkaRecord, Message, MqttPublish, Reject, Skip
+from mqtt_operator.bridge.records import Header, KafkaRecord, Message, MqttPublish, Properties, Reject, Skip
 
 # Kafka header names of the MQTT system fields. User properties keep their own names.
 H_TOPIC: Final = "mqtt.topic"
@@ -172,19 +172,30 @@ _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no", ""})
 
 
+# A `cleanSession: true` record is for the devices connected now: it expires this many seconds after
+# the broker receives it, so a persistent session that is offline does not get it later.
+CLEAN_SESSION_EXPIRY_SECONDS: Final = 1
+
+
 class Downlink:
     """Kafka record (value + headers) -> MQTT publish, as configured by a `KafkaToMqtt` spec.
 
-    Headers other than the topic/QoS/retain ones travel as MQTT 5 user properties when their value
-    is UTF-8 text.
+    The routing headers (topic, QoS, retain, clean session) are matched without regard to case, as the
+    cloud services' samples spell them both ways (`qosLevel`, `qoslevel`). Other headers travel as
+    MQTT 5 user properties when their value is UTF-8 text. QoS 2 is published at QoS 2 (PUBREC,
+    PUBREL, PUBCOMP): exactly once from the broker to each device; the Kafka offset is committed after
+    PUBCOMP, so the Kafka -> broker leg stays at least once.
     """
 
     def __init__(self, spec: KafkaToMqtt) -> None:
         self.spec = spec
         self.topic_header = spec.topic_header
-        self.qos_header = spec.qos_header
-        self.retain_header = spec.retain_header
-        self.routing = frozenset({spec.topic_header, spec.qos_header, spec.retain_header})
+        self.routing = {
+            spec.topic_header.lower(): "topic",
+            spec.qos_header.lower(): "qos",
+            spec.retain_header.lower(): "retain",
+            spec.clean_session_header.lower(): "cleanSession",
+        }
         if spec.default_topic is not None and (why := invalid_mqtt_topic(spec.default_topic)):
             raise ValueError(f"defaultTopic: {why}")
 
@@ -193,29 +204,30 @@ class Downlink:
         topic = spec.default_topic
         qos: int = spec.default_qos
         retain = spec.default_retain
+        clean = False
         user_properties: list[tuple[str, str]] = []
         routing = self.routing
         for name, raw in headers:
-            if name in routing:
+            role = routing.get(name.lower())
+            if role is not None:
                 try:
                     text = raw.decode() if raw is not None else ""
                 except UnicodeDecodeError:
                     return Reject(f"header {name!r} is not UTF-8 text")
-                if name == self.topic_header:
+                if role == "topic":
                     topic = text
-                elif name == self.qos_header:
-                    if text not in ("0", "1", "2"):
+                elif role == "qos":
+                    if text.strip() not in ("0", "1", "2"):
                         return Reject(f"header {name!r}: QoS {text!r} is not 0, 1 or 2")
-                    # QoS 2 is delivered at QoS 1: at least once, like everything this worker does.
-                    qos = min(int(text), 1)
-                elif name == self.retain_header:
-                    lowered = text.strip().lower()
-                    if lowered in _TRUE:
-                        retain = True
-                    elif lowered in _FALSE:
-                        retain = False
-                    else:
+                    qos = int(text)
+                else:
+                    flag = _flag(text)
+                    if flag is None:
                         return Reject(f"header {name!r}: {text!r} is not true or false")
+                    if role == "retain":
+                        retain = flag
+                    else:
+                        clean = flag
             elif raw is not None:
                 try:
                     user_properties.append((name, raw.decode()))
@@ -226,7 +238,19 @@ class Downlink:
         why = invalid_mqtt_topic(topic)
         if why is not None:
             return Reject(why)
+        if clean:
+            props = Properties(message_expiry=CLEAN_SESSION_EXPIRY_SECONDS, user_properties=user_properties)
+            return MqttPublish(topic, value or b"", qos, retain, user_properties, props)
         return MqttPublish(topic, value or b"", qos, retain, user_properties)
+
+
+def _flag(text: str) -> bool | None:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    return None
 
 
 # --- dead letters -----------------------------------------------------------------------------

@@ -354,6 +354,11 @@ def pubacks(packet_ids: list[int]) -> bytes:
     return b"".join([b"\x40\x02" + pid.to_bytes(2, "big") for pid in packet_ids])
 
 
+def pubrel(packet_id: int) -> bytes:
+    """PUBREL (success) of an outgoing QoS 2 PUBLISH, after its PUBREC (fixed header flags 0010)."""
+    return b"\x62\x02" + packet_id.to_bytes(2, "big")
+
+
 PINGREQ_PACKET: Final = b"\xc0\x00"
 
 

@@ -65,6 +65,9 @@ class MqttConnection(asyncio.Protocol):
         self._rest = b""
         self._connack: asyncio.Future[mqtt5.Connack] = self.loop.create_future()
         self._waiting: dict[int, asyncio.Future[Any]] = {}  # packet id -> SUBACK / PUBACK future
+        # Packet ids of outgoing QoS 2 PUBLISHes between PUBLISH and PUBREC (then PUBREL is sent and
+        # their future waits for PUBCOMP).
+        self._exactly_once: set[int] = set()
         self._next_id = 0
         self._out: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -135,6 +138,7 @@ class MqttConnection(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(err)
         self._waiting.clear()
+        self._exactly_once.clear()
         self._quota_free.set()
         self._can_write.set()
         if self._keepalive_task is not None:
@@ -152,6 +156,12 @@ class MqttConnection(asyncio.Protocol):
 
     def _control(self, control: mqtt5.Control) -> None:
         if isinstance(control, mqtt5.Ack):
+            if control.kind == mqtt5.PUBREC and control.packet_id in self._exactly_once:
+                self._exactly_once.discard(control.packet_id)
+                if control.reason < 0x80:
+                    # Received by the broker: release it; the PUBCOMP completes it (and frees its slot).
+                    self.write(mqtt5.pubrel(control.packet_id))
+                    return
             fut = self._waiting.pop(control.packet_id, None)
             if fut is not None:
                 self.inflight_out -= 1
@@ -293,7 +303,7 @@ class MqttConnection(asyncio.Protocol):
                 self.transport.pause_reading()
 
     async def wait_send_slot(self) -> None:
-        """Until a QoS 1 PUBLISH may be sent (the broker's Receive Maximum) and the socket takes more."""
+        """Until a QoS 1 or 2 PUBLISH may be sent (the broker's Receive Maximum) and the socket takes more."""
         while self.inflight_out >= self.send_quota:
             if self.closed.done():
                 raise ConnectionLost(self.disconnect_reason or "connection closed")
@@ -307,15 +317,18 @@ class MqttConnection(asyncio.Protocol):
     def publish_nowait(
         self, topic: str, payload: bytes, qos: int, retain: bool, props: Properties | None = None
     ) -> asyncio.Future[int] | None:
-        """Send a PUBLISH now; for QoS 1 a future of the PUBACK's reason code. Call `wait_send_slot` first."""
+        """Send a PUBLISH now; for QoS 1 a future of the PUBACK's reason code, for QoS 2 of the PUBCOMP's
+        (or of a failed PUBREC's). Call `wait_send_slot` first."""
         if qos == 0:
             self.write(mqtt5.publish(topic, payload, qos=0, retain=retain, props=props))
             return None
         packet_id = self._packet_id()
         fut: asyncio.Future[int] = self.loop.create_future()
         self._waiting[packet_id] = fut
-        self.inflight_out += 1
-        self.write(mqtt5.publish(topic, payload, qos=1, retain=retain, packet_id=packet_id, props=props))
+        if qos == 2:
+            self._exactly_once.add(packet_id)
+        self.inflight_out += 1  # a QoS 2 PUBLISH holds its slot until PUBCOMP (MQTT 5 Receive Maximum)
+        self.write(mqtt5.publish(topic, payload, qos=qos, retain=retain, packet_id=packet_id, props=props))
         return fut
 
     async def publish(

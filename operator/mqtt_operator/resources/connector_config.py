@@ -133,6 +133,7 @@ def connector_config(
             topic_header=downlink.headers.topic,
             qos_header=downlink.headers.qos,
             retain_header=downlink.headers.retain,
+            clean_session_header=downlink.headers.clean_session,
             default_topic=downlink.default_topic,
             default_qos=downlink.default_qos,
             default_retain=downlink.default_retain,
