@@ -461,7 +461,7 @@ BAD = [
         {
             "spec.direction": "kafkaToMqtt",
             "spec.mqttToKafka": DELETE,
-            "spec.kafkaToMqtt": {"topic": "mq2mqtt", "defaultQos": 2},
+            "spec.kafkaToMqtt": {"topic": "mq2mqtt", "defaultQos": 3},
         },
         "spec.kafkaToMqtt.defaultQos",
         ["Unsupported value"],
