@@ -154,16 +154,16 @@ class Uplink:
 
 
 def envelope(client_id: str | None, topic: str, payload: bytes, ts: int) -> bytes:
-    """`{"clientId","topic","payload","payloadEncoding","ts"}`: UTF-8 text when it is, else base64."""
+    """`{"clientId","topic","payload","ts"}`, exactly the cloud service's stored value, when the payload is
+    UTF-8 text; a payload that is not gets `"payloadEncoding": "base64"` beside it (lossless, and the
+    only extra key, so a consumer with the service's strict schema reads every text message)."""
     try:
-        text = payload.decode()
-        encoding = "utf8"
+        return _encode_json({"clientId": client_id, "topic": topic, "payload": payload.decode(), "ts": ts})
     except UnicodeDecodeError:
         text = base64.b64encode(payload).decode()
-        encoding = "base64"
-    return _encode_json(
-        {"clientId": client_id, "topic": topic, "payload": text, "payloadEncoding": encoding, "ts": ts}
-    )
+        return _encode_json(
+            {"clientId": client_id, "topic": topic, "payload": text, "payloadEncoding": "base64", "ts": ts}
+        )
 
 
 # --- Kafka -> MQTT ----------------------------------------------------------------------------
