@@ -266,3 +266,13 @@ def test_dead_letter_publish_carries_reason_status_and_the_original() -> None:
     plain = dead_letter_publish(message(), "no status", "dlq/fn")
     assert plain.props is not None
     assert [k for k, _ in plain.props.user_properties] == ["reason", "sourceTopic"]
+
+
+def test_a_stamped_message_is_the_same_event_when_delivered_again() -> None:
+    stamped = [
+        ("mqtt-operator/clientId", "car-1"),
+        ("mqtt-operator/messageId", "0193f2b4-7c1e-7abc-8def-0123456789ab"),
+    ]
+    first, again = events(spec(), message(user_properties=stamped), message(user_properties=stamped))
+    assert first.id == again.id == "0193f2b4-7c1e-7abc-8def-0123456789ab"
+    assert first.client_id == "car-1"

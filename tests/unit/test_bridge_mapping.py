@@ -279,3 +279,50 @@ def test_downlink_dead_letter_keeps_origin_and_headers() -> None:
         ("dlq.offset", b"99"),
         ("mqttTopic", b"bad/#"),
     ]
+
+
+# --- the broker's stamps (docs/broker-plugin.md) ------------------------------------------------------
+
+STAMPED = [
+    ("clientId", "car-99"),  # what the device claims: not who it is
+    ("mqtt-operator/clientId", "car-7"),
+    ("mqtt-operator/clientAddress", "10.1.2.3"),
+    ("mqtt-operator/messageId", "0193f2b4-7c1e-7abc-8def-0123456789ab"),
+    ("mqtt-operator/receivedAt", "1700000000100"),
+    ("trace", "t-1"),
+]
+
+
+def test_the_broker_stamps_become_headers_the_envelope_time_and_the_client_id() -> None:
+    up = Uplink(spec(kafkaTopic="t", value="envelope", key={"source": "clientId"}, userPropertyHeaders=True))
+    rec = record(up(msg(props=Properties(user_properties=STAMPED))))
+    headers = dict(rec.headers)
+    assert rec.key == b"car-7"  # the broker's, not the device's claim
+    assert headers["mqtt.clientId"] == b"car-7"
+    assert headers["mqtt.publisherClientId"] == b"car-7"
+    assert headers["mqtt.publisherAddress"] == b"10.1.2.3"
+    assert headers["mqtt.messageId"] == b"0193f2b4-7c1e-7abc-8def-0123456789ab"
+    assert rec.timestamp_ms == 1700000000100
+    assert json.loads(rec.value) == {
+        "clientId": "car-7",
+        "topic": "cars/car-7/state",
+        "payload": '{"plate": "B-XY 123"}',
+        "ts": 1700000000100,
+    }
+    # User properties travel as headers, the stamps not twice.
+    assert [
+        (n, v) for n, v in rec.headers if n in ("clientId", "trace") or n.startswith("mqtt-operator/")
+    ] == [
+        ("clientId", b"car-99"),
+        ("trace", b"t-1"),
+    ]
+
+
+def test_a_redelivered_stamped_message_keeps_its_id() -> None:
+    up = Uplink(spec(kafkaTopic="t"))
+    first = dict(record(up(msg(props=Properties(user_properties=STAMPED)))).headers)
+    again = dict(record(up(msg(props=Properties(user_properties=STAMPED)))).headers)
+    assert first["mqtt.messageId"] == again["mqtt.messageId"]
+    # Without the broker's stamp each delivery has its own id.
+    plain = [dict(record(up(msg())).headers)["mqtt.messageId"] for _ in range(2)]
+    assert plain[0] != plain[1]

@@ -215,3 +215,21 @@ def test_a_missing_property_or_an_unreadable_body_is_rejected() -> None:
 def test_invalid_templates_are_refused_at_start(template: str) -> None:
     with pytest.raises(ValueError, match="template"):
         TopicTemplate(template)
+
+
+def test_the_broker_stamps_are_the_message_id_and_publisher_properties() -> None:
+    stamped = [
+        ("clientId", "p-99"),
+        ("mqtt-operator/clientId", "p-7"),
+        ("mqtt-operator/clientAddress", "10.1.2.3"),
+        ("mqtt-operator/messageId", "0193f2b4-7c1e-7abc-8def-0123456789ab"),
+        ("mqtt-operator/receivedAt", "1714567890400"),
+    ]
+    rec = record(up()(mqtt(user=stamped)))
+    assert rec.properties["mqtt.messageId"] == "0193f2b4-7c1e-7abc-8def-0123456789ab"
+    assert rec.properties["mqtt.clientId"] == "p-7"
+    assert rec.properties["mqtt.publisherClientId"] == "p-7"
+    assert rec.properties["mqtt.publisherAddress"] == "10.1.2.3"
+    assert rec.properties["mqtt.receivedAt"] == "1714567890400"
+    assert not any(name.startswith("mqtt-operator/") for name in rec.properties)
+    assert rec.properties["clientId"] == "p-99"  # the device's own property stays a property

@@ -4,7 +4,8 @@ Formats (docs/bridge.md, "FunctionTrigger worker", shows examples):
 
 - `cloudevents`, `batchMaxMessages` 1: HTTP binary mode. The body is the payload; the attributes
   are `ce-*` headers (values percent-encoded as the HTTP binding requires): `ce-specversion` 1.0,
-  `ce-id` (unique per delivery), `ce-source` (`<eventSource>/<topic>`), `ce-type`, `ce-subject`
+  `ce-id` (the broker's stamped message id: the same when a message is delivered again; without the
+  stamp, unique per delivery), `ce-source` (`<eventSource>/<topic>`), `ce-type`, `ce-subject`
   (the topic), `ce-time` (when the worker received the message, RFC 3339 UTC, milliseconds) and the
   extensions `ce-mqttqos`, `ce-mqttretain` and `ce-mqttclientid` (when the publisher is known).
   `Content-Type` is the message's MQTT 5 content type; without one it is `application/json` when
@@ -40,7 +41,7 @@ from urllib.parse import quote
 import msgspec
 
 from mqtt_operator.bridge.config import MqttToFunction
-from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, publisher_client_id
+from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, publisher_client_id, stamps
 from mqtt_operator.bridge.records import Message
 
 SPEC_VERSION: Final = "1.0"
@@ -95,18 +96,22 @@ class ToEvent:
     def __init__(self, spec: MqttToFunction, id_prefix: str | None = None) -> None:
         self.level = spec.client_id_topic_level
         self.property_name = spec.client_id_property
-        # Unique across replicas and restarts: a random per-process prefix + a counter. Mosquitto
-        # gives messages no stable id, so a redelivered message gets a new one.
+        # Without the broker's stamp: unique across replicas and restarts (a random per-process prefix +
+        # a counter), but a redelivered message gets a new one.
         self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
         self._counter = count(1)
 
     def __call__(self, msg: Message) -> FunctionEvent:
+        stamped = stamps(msg)
         client_id = (
-            publisher_client_id(msg, self.level, self.property_name)
+            publisher_client_id(msg, self.level, self.property_name, stamped)
             if self.level is not None or msg.props is not None
             else None
         )
-        return FunctionEvent(msg, f"{self._prefix}-{next(self._counter):x}", client_id)
+        # The broker's id when it stamps one: a redelivered message is the same event (same ce-id), as
+        # the CloudEvents spec asks; without it, an id of this delivery.
+        event_id = stamped.message_id or f"{self._prefix}-{next(self._counter):x}"
+        return FunctionEvent(msg, event_id, client_id)
 
 
 # --- pieces -------------------------------------------------------------------------------------

@@ -26,10 +26,13 @@ import msgspec
 
 from mqtt_operator.bridge.config import KafkaToMqtt, MqttToKafka
 from mqtt_operator.bridge.message_fields import (
+    NO_STAMPS,
+    STAMP_PREFIX,
     invalid_mqtt_topic,
     json_field,
     parse_json_path,
     publisher_client_id,
+    stamps,
 )
 from mqtt_operator.bridge.records import Header, KafkaRecord, Message, MqttPublish, Properties, Reject, Skip
 
@@ -41,6 +44,9 @@ H_DUP: Final = "mqtt.dup"
 H_PACKET_ID: Final = "mqtt.packetId"
 H_MESSAGE_ID: Final = "mqtt.messageId"
 H_CLIENT_ID: Final = "mqtt.clientId"
+# From the broker's stamps (message_fields.py), present when its plugin stamps them.
+H_PUBLISHER_CLIENT_ID: Final = "mqtt.publisherClientId"
+H_PUBLISHER_ADDRESS: Final = "mqtt.publisherAddress"
 H_CONTENT_TYPE: Final = "mqtt.contentType"
 H_CORRELATION_DATA: Final = "mqtt.correlationData"
 H_RESPONSE_TOPIC: Final = "mqtt.responseTopic"
@@ -94,7 +100,7 @@ class Uplink:
         self._counter = count(1)
 
     def client_id(self, msg: Message) -> str | None:
-        return publisher_client_id(msg, self.client_id_level, self.client_id_property)
+        return publisher_client_id(msg, self.client_id_level, self.client_id_property, stamps(msg))
 
     def __call__(
         self, msg: Message, _qos: tuple[bytes, ...] = _QOS, _bool: tuple[bytes, ...] = _BOOL
@@ -108,7 +114,12 @@ class Uplink:
                 return Skip("parent topic not registered")
 
         props = msg.props
-        client_id = self.client_id(msg) if (self.client_id_level is not None or props) else None
+        stamped = stamps(msg)
+        client_id = (
+            publisher_client_id(msg, self.client_id_level, self.client_id_property, stamped)
+            if (self.client_id_level is not None or props)
+            else None
+        )
 
         key_source = self.key_source
         key: bytes | None
@@ -121,7 +132,8 @@ class Uplink:
         else:
             key = json_field(msg.payload, self.key_path)
 
-        ts = int(msg.received * 1000) if msg.received else int(time.time() * 1000)
+        # The broker's receive time when it stamps one, else the worker's.
+        ts = stamped.received_at_ms or (int(msg.received * 1000) if msg.received else int(time.time() * 1000))
         headers: list[Header] = []
         if self.system_headers:
             headers = [
@@ -130,10 +142,21 @@ class Uplink:
                 (H_RETAIN, _bool[msg.retain]),
                 (H_DUP, _bool[msg.dup]),
                 (H_PACKET_ID, b"%d" % msg.packet_id),
-                (H_MESSAGE_ID, b"%s-%x" % (self._prefix.encode(), next(self._counter))),
+                # The broker's id stays the same when a message is delivered again (a consumer can
+                # deduplicate); without the plugin, an id of this delivery.
+                (
+                    H_MESSAGE_ID,
+                    stamped.message_id.encode()
+                    if stamped.message_id is not None
+                    else b"%s-%x" % (self._prefix.encode(), next(self._counter)),
+                ),
             ]
             if client_id is not None:
                 headers.append((H_CLIENT_ID, client_id.encode()))
+            if stamped.client_id is not None:
+                headers.append((H_PUBLISHER_CLIENT_ID, stamped.client_id.encode()))
+            if stamped.client_address is not None:
+                headers.append((H_PUBLISHER_ADDRESS, stamped.client_address.encode()))
         if props is not None:
             if props.content_type is not None:
                 headers.append((H_CONTENT_TYPE, props.content_type.encode()))
@@ -147,7 +170,15 @@ class Uplink:
                 if props.message_expiry is not None:
                     headers.append((H_MESSAGE_EXPIRY, b"%d" % props.message_expiry))
             if self.user_property_headers:
-                headers.extend([(name, value.encode()) for name, value in props.user_properties])
+                # The stamps are in the system headers already: not twice.
+                skip = STAMP_PREFIX if self.system_headers and stamped is not NO_STAMPS else None
+                headers.extend(
+                    [
+                        (name, value.encode())
+                        for name, value in props.user_properties
+                        if skip is None or not name.startswith(skip)
+                    ]
+                )
 
         value = envelope(client_id, topic, msg.payload, ts) if self.envelope else msg.payload
         return _new_record(KafkaRecord, (kafka_topic, key, value, headers, ts))

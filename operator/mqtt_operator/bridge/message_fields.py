@@ -3,19 +3,23 @@
 Shared by the Kafka (`kafka_mapping.py`), RocketMQ (`rocketmq_mapping.py`) and function
 (`function_events.py`) mappings. Pure functions, no I/O.
 
-The publisher's client id: Mosquitto 2.0 does not put it on a delivered message, so it is taken,
-in this order, from a configured topic level (`clientIdTopicLevel`: robust, because the broker's
-ACL decides who may publish under `devices/<id>/...`, a device cannot claim another's level) or
-from the MQTT 5 user property the device sets (`clientIdProperty`, default `clientId`: a
-convention the device follows, not enforced by the broker). Without either it is unknown and
-left out.
+The broker's stamps: with the project's broker plugin loaded (docs/broker-plugin.md), every message
+carries MQTT 5 user properties under the prefix `mqtt-operator/` that only the broker sets (a
+publisher's own are removed): the publisher's client id and address, a message id that stays the same
+when the message is delivered again, and the broker's receive time.
+
+The publisher's client id is taken, in this order, from a configured topic level
+(`clientIdTopicLevel`: the broker's ACL decides who may publish under `devices/<id>/...`), from the
+broker's stamp `mqtt-operator/clientId` (trusted: the broker set it), or, without the plugin, from the
+MQTT 5 user property the device sets (`clientIdProperty`, default `clientId`: a convention the device
+follows, not enforced by the broker). Without any it is unknown and left out.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -85,14 +89,56 @@ def json_field(payload: bytes, path: Sequence[str | int]) -> bytes | None:
     return _encode_json(node)
 
 
-def publisher_client_id(msg: Message, topic_level: int | None, property_name: str) -> str | None:
-    """The publisher's client id: the topic level `topic_level` when set, else the user property
-    `property_name`; None when unknown (see the module's doc)."""
+STAMP_PREFIX: Final = "mqtt-operator/"
+STAMP_CLIENT_ID: Final = "mqtt-operator/clientId"
+STAMP_CLIENT_ADDRESS: Final = "mqtt-operator/clientAddress"
+STAMP_MESSAGE_ID: Final = "mqtt-operator/messageId"
+STAMP_RECEIVED_AT: Final = "mqtt-operator/receivedAt"
+
+
+class Stamps(NamedTuple):
+    """What the broker stamped on a message (each None when that stamp is off or the plugin absent)."""
+
+    client_id: str | None = None
+    client_address: str | None = None
+    message_id: str | None = None
+    received_at_ms: int | None = None
+
+
+NO_STAMPS: Final = Stamps()
+
+
+def stamps(msg: Message) -> Stamps:
+    props = msg.props
+    if props is None or not props.user_properties:
+        return NO_STAMPS
+    found: dict[str, str] = {}
+    for name, value in props.user_properties:
+        if name.startswith(STAMP_PREFIX):
+            found[name] = value
+    if not found:
+        return NO_STAMPS
+    received = found.get(STAMP_RECEIVED_AT)
+    return Stamps(
+        found.get(STAMP_CLIENT_ID),
+        found.get(STAMP_CLIENT_ADDRESS),
+        found.get(STAMP_MESSAGE_ID),
+        int(received) if received is not None and received.isdigit() else None,
+    )
+
+
+def publisher_client_id(
+    msg: Message, topic_level: int | None, property_name: str, stamped: Stamps = NO_STAMPS
+) -> str | None:
+    """The publisher's client id: the topic level `topic_level` when set, else the broker's stamp, else
+    the user property `property_name`; None when unknown (see the module's doc)."""
     if topic_level is not None:
         levels = msg.topic.split("/")
         if topic_level < len(levels) and levels[topic_level]:
             return levels[topic_level]
         return None
+    if stamped.client_id is not None:
+        return stamped.client_id
     if msg.props is not None:
         for name, value in msg.props.user_properties:
             if name == property_name:

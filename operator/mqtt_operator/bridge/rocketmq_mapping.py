@@ -39,10 +39,13 @@ import msgspec
 
 from mqtt_operator.bridge.config import MqttToRocketMQ, RocketMQToMqtt
 from mqtt_operator.bridge.message_fields import (
+    NO_STAMPS,
+    STAMP_PREFIX,
     invalid_mqtt_topic,
     json_field,
     parse_json_path,
     publisher_client_id,
+    stamps,
 )
 from mqtt_operator.bridge.records import Message, MqttPublish, Reject
 
@@ -51,6 +54,9 @@ P_TOPIC: Final = "mqtt.topic"
 P_QOS: Final = "mqtt.qos"
 P_RETAIN: Final = "mqtt.retain"
 P_MESSAGE_ID: Final = "mqtt.messageId"
+P_PUBLISHER_CLIENT_ID: Final = "mqtt.publisherClientId"
+P_PUBLISHER_ADDRESS: Final = "mqtt.publisherAddress"
+P_RECEIVED_AT: Final = "mqtt.receivedAt"
 P_CLIENT_ID: Final = "mqtt.clientId"
 P_CONTENT_TYPE: Final = "mqtt.contentType"
 P_CORRELATION_DATA: Final = "mqtt.correlationData"  # base64: properties are text
@@ -221,8 +227,9 @@ class ToRocketMQ:
             )
         topic = msg.topic
         mqtt_props = msg.props
+        stamped = stamps(msg)
         client_id = (
-            publisher_client_id(msg, self.client_id_level, self.client_id_property)
+            publisher_client_id(msg, self.client_id_level, self.client_id_property, stamped)
             if (self.client_id_level is not None or mqtt_props)
             else None
         )
@@ -231,6 +238,8 @@ class ToRocketMQ:
         if mqtt_props is not None:
             empty: list[str] = []
             for name, value in mqtt_props.user_properties:
+                if stamped is not NO_STAMPS and name.startswith(STAMP_PREFIX):
+                    continue  # the broker's stamps become the worker's own properties below
                 if not value:
                     empty.append(name)
                     continue
@@ -253,9 +262,16 @@ class ToRocketMQ:
         properties[P_TOPIC] = escape_control(topic)
         properties[P_QOS] = _QOS[msg.qos]
         properties[P_RETAIN] = _BOOL[msg.retain]
-        properties[P_MESSAGE_ID] = f"{self._prefix}-{next(self._counter):x}"
+        # The broker's id stays the same when a message is delivered again; without it, this delivery's.
+        properties[P_MESSAGE_ID] = stamped.message_id or f"{self._prefix}-{next(self._counter):x}"
         if client_id:
             properties[P_CLIENT_ID] = escape_control(client_id)
+        if stamped.client_id is not None:
+            properties[P_PUBLISHER_CLIENT_ID] = escape_control(stamped.client_id)
+        if stamped.client_address is not None:
+            properties[P_PUBLISHER_ADDRESS] = escape_control(stamped.client_address)
+        if stamped.received_at_ms is not None:
+            properties[P_RECEIVED_AT] = str(stamped.received_at_ms)
         if not payload:
             payload = EMPTY_PAYLOAD_BODY
             properties[P_EMPTY_PAYLOAD] = "true"
