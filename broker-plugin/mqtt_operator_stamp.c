@@ -15,8 +15,9 @@
  * event on `plugin_opt_events_topic` (default $SYS/mqtt-operator/client-events; `plugin_opt_events
  * off` turns it off). Mosquitto 2.0 has no connect event: see docs/broker-plugin.md.
  *
- * Builds against the headers of Mosquitto 2.0.11 (tests) and 2.0.21 (the broker image); the broker
- * exports every mosquitto_* function used here, so the plugin links no library.
+ * Builds against the headers of Mosquitto 2.0.11 (tests) and 2.0.21 (the broker image); it calls only
+ * mosquitto_* functions that both brokers export (2.0.21 exports fewer: see struct mqtt5__property
+ * below), so the plugin links no library.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -124,141 +125,195 @@ static int message_id(int64_t received_ms, char out[37])
 	return MOSQ_ERR_SUCCESS;
 }
 
-static bool has_prefix(const char *name)
+/*
+ * Mosquitto's own property list node (lib/property_mosq.h, the same in 2.0.11 and 2.0.21). The public
+ * headers only declare it; the broker of 2.0.21 exports no mosquitto_property_read_* / _next /
+ * _identifier (its src/linker.syms lists only the _add_* functions and _free_all), so the plugin reads
+ * the nodes itself. check_property_layout() proves this definition against the running broker at load
+ * time, and the plugin refuses to load when it does not match.
+ */
+struct mqtt__string {
+	char *v;
+	uint16_t len;
+};
+
+struct mqtt5__property {
+	struct mqtt5__property *next;
+	union {
+		uint8_t i8;
+		uint16_t i16;
+		uint32_t i32;
+		uint32_t varint;
+		struct mqtt__string bin;
+		struct mqtt__string s;
+	} value;
+	struct mqtt__string name;
+	int32_t identifier;
+	bool client_generated;
+};
+
+static bool string_is(const struct mqtt__string *s, const char *expected)
 {
-	return name != NULL && strncasecmp(name, STAMP_PREFIX, strlen(STAMP_PREFIX)) == 0;
+	size_t len = strlen(expected);
+	return s->v != NULL && s->len == len && memcmp(s->v, expected, len) == 0;
+}
+
+static int check_property_layout(void)
+{
+	mosquitto_property *probe = NULL;
+	bool ok;
+
+	if(mosquitto_property_add_string_pair(&probe, MQTT_PROP_USER_PROPERTY, "probe-name", "probe-value") != MOSQ_ERR_SUCCESS
+			|| mosquitto_property_add_string(&probe, MQTT_PROP_CONTENT_TYPE, "probe/type") != MOSQ_ERR_SUCCESS){
+		mosquitto_property_free_all(&probe);
+		return MOSQ_ERR_NOMEM;
+	}
+	ok = probe != NULL
+		&& probe->identifier == MQTT_PROP_USER_PROPERTY
+		&& string_is(&probe->name, "probe-name")
+		&& string_is(&probe->value.s, "probe-value")
+		&& probe->next != NULL
+		&& probe->next->identifier == MQTT_PROP_CONTENT_TYPE
+		&& string_is(&probe->next->value.s, "probe/type")
+		&& probe->next->next == NULL;
+	mosquitto_property_free_all(&probe);
+	if(!ok){
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+			"mqtt_operator_stamp: this broker's property list differs from the one the plugin was written for (Mosquitto 2.0): not loading");
+		return MOSQ_ERR_NOT_SUPPORTED;
+	}
+	return MOSQ_ERR_SUCCESS;
 }
 
 static bool is_forged(const mosquitto_property *prop)
 {
-	char *name = NULL, *value = NULL;
-	bool forged;
+	size_t len = strlen(STAMP_PREFIX);
 
-	if(mosquitto_property_identifier(prop) != MQTT_PROP_USER_PROPERTY){
-		return false;
-	}
-	if(mosquitto_property_read_string_pair(prop, MQTT_PROP_USER_PROPERTY, &name, &value, false) == NULL){
-		return false;
-	}
-	forged = has_prefix(name);
-	mosquitto_free(name);
-	mosquitto_free(value);
-	return forged;
+	return prop->identifier == MQTT_PROP_USER_PROPERTY
+		&& prop->name.v != NULL
+		&& prop->name.len >= len
+		&& strncasecmp(prop->name.v, STAMP_PREFIX, len) == 0;
 }
 
-/* Appends a copy of the one property `prop` to `dest`. */
-static int copy_property(mosquitto_property **dest, const mosquitto_property *prop)
+/* Exchanges what two nodes hold, leaving each where it is in its list. */
+static void swap_contents(mosquitto_property *a, mosquitto_property *b)
 {
-	int id = mosquitto_property_identifier(prop);
-	int rc = MOSQ_ERR_SUCCESS;
-	uint8_t u8;
-	uint16_t u16;
-	uint32_t u32;
-	char *name = NULL, *value = NULL;
-	void *data = NULL;
+	struct mqtt5__property tmp = *a;
+	mosquitto_property *a_next = a->next, *b_next = b->next;
 
-	switch(id){
-		case MQTT_PROP_PAYLOAD_FORMAT_INDICATOR:
-			mosquitto_property_read_byte(prop, id, &u8, false);
-			return mosquitto_property_add_byte(dest, id, u8);
-		case MQTT_PROP_MESSAGE_EXPIRY_INTERVAL:
-			mosquitto_property_read_int32(prop, id, &u32, false);
-			return mosquitto_property_add_int32(dest, id, u32);
-		case MQTT_PROP_TOPIC_ALIAS:
-			mosquitto_property_read_int16(prop, id, &u16, false);
-			return mosquitto_property_add_int16(dest, id, u16);
-		case MQTT_PROP_SUBSCRIPTION_IDENTIFIER:
-			mosquitto_property_read_varint(prop, id, &u32, false);
-			return mosquitto_property_add_varint(dest, id, u32);
-		case MQTT_PROP_CONTENT_TYPE:
-		case MQTT_PROP_RESPONSE_TOPIC:
-			if(mosquitto_property_read_string(prop, id, &value, false) == NULL) return MOSQ_ERR_NOMEM;
-			rc = mosquitto_property_add_string(dest, id, value);
-			mosquitto_free(value);
-			return rc;
-		case MQTT_PROP_CORRELATION_DATA:
-			if(mosquitto_property_read_binary(prop, id, &data, &u16, false) == NULL) return MOSQ_ERR_NOMEM;
-			rc = mosquitto_property_add_binary(dest, id, data, u16);
-			mosquitto_free(data);
-			return rc;
-		case MQTT_PROP_USER_PROPERTY:
-			if(mosquitto_property_read_string_pair(prop, id, &name, &value, false) == NULL) return MOSQ_ERR_NOMEM;
-			rc = mosquitto_property_add_string_pair(dest, id, name, value);
-			mosquitto_free(name);
-			mosquitto_free(value);
-			return rc;
-		default:
-			/* No other property belongs on a PUBLISH the broker has accepted: drop it. */
-			return MOSQ_ERR_SUCCESS;
+	*a = *b;
+	*b = tmp;
+	a->next = a_next;
+	b->next = b_next;
+}
+
+/* Frees every forged node after the head. */
+static void unlink_forged_after(mosquitto_property *head)
+{
+	mosquitto_property **link = &head->next;
+
+	while(*link != NULL){
+		mosquitto_property *p = *link;
+		if(is_forged(p)){
+			*link = p->next;
+			p->next = NULL;
+			mosquitto_property_free_all(&p);
+		}else{
+			link = &p->next;
+		}
 	}
 }
 
-/* Replaces *props by a copy without the forged (prefixed) user properties, keeping the order. */
-static int strip_forged(mosquitto_property **props)
+/*
+ * Removes every forged (prefixed) user property, the others keeping their order, and never changes
+ * the head pointer of a non-empty list: from 2.0.15 the broker frees the old list when a MESSAGE
+ * callback leaves another head (src/plugin.c), before that it does not, so a new head would be a
+ * double free on one and a leak on the other. A forged head swaps contents with the first node that
+ * stays (or, when all are forged, with the first stamp: stamp_message() calls this again after adding
+ * the stamps).
+ */
+static void strip_forged(mosquitto_property **props)
 {
-	const mosquitto_property *p;
-	mosquitto_property *kept = NULL;
-	bool any = false;
+	mosquitto_property *head = *props, *keep;
+
+	if(head == NULL) return;
+	if(is_forged(head)){
+		for(keep = head->next; keep != NULL && is_forged(keep); keep = keep->next);
+		if(keep != NULL) swap_contents(head, keep);
+	}
+	unlink_forged_after(head);
+}
+
+/*
+ * After strip_forged() and the stamps were added to a list that had held only forged properties: its
+ * head is the one forged node left. The first stamp takes its place; with no stamps the list goes.
+ */
+static void drop_forged_head(mosquitto_property **props)
+{
+	mosquitto_property *head = *props, *gone;
+
+	if(head->next != NULL){
+		swap_contents(head, head->next);
+		gone = head->next;
+		head->next = gone->next;
+		gone->next = NULL;
+		mosquitto_property_free_all(&gone);
+		return;
+	}
+#if LIBMOSQUITTO_VERSION_NUMBER >= 2000015
+	*props = NULL; /* the broker frees the list it passed in */
+#else
+	mosquitto_property_free_all(props);
+#endif
+}
+
+/* Appends the stamps config.fields asks for to *props. */
+static int add_stamps(mosquitto_property **props, const struct mosquitto *client)
+{
+	int64_t received = now_ms();
+	char buf[37];
+	const char *s;
 	int rc;
 
-	for(p = *props; p != NULL; p = mosquitto_property_next(p)){
-		if(is_forged(p)){
-			any = true;
-			break;
-		}
+	if(config.fields & FIELD_CLIENT_ID){
+		s = mosquitto_client_id(client);
+		rc = mosquitto_property_add_string_pair(props, MQTT_PROP_USER_PROPERTY, PROP_CLIENT_ID, s ? s : "");
+		if(rc != MOSQ_ERR_SUCCESS) return rc;
 	}
-	if(!any){
-		return MOSQ_ERR_SUCCESS;
+	if(config.fields & FIELD_ADDRESS){
+		s = mosquitto_client_address(client);
+		rc = mosquitto_property_add_string_pair(props, MQTT_PROP_USER_PROPERTY, PROP_ADDRESS, s ? s : "");
+		if(rc != MOSQ_ERR_SUCCESS) return rc;
 	}
-	for(p = *props; p != NULL; p = mosquitto_property_next(p)){
-		if(is_forged(p)) continue;
-		rc = copy_property(&kept, p);
-		if(rc != MOSQ_ERR_SUCCESS){
-			mosquitto_property_free_all(&kept);
-			return rc;
-		}
+	if(config.fields & FIELD_MESSAGE_ID){
+		rc = message_id(received, buf);
+		if(rc != MOSQ_ERR_SUCCESS) return rc;
+		rc = mosquitto_property_add_string_pair(props, MQTT_PROP_USER_PROPERTY, PROP_MESSAGE_ID, buf);
+		if(rc != MOSQ_ERR_SUCCESS) return rc;
 	}
-	mosquitto_property_free_all(props);
-	*props = kept;
+	if(config.fields & FIELD_TIME){
+		snprintf(buf, sizeof(buf), "%lld", (long long)received);
+		rc = mosquitto_property_add_string_pair(props, MQTT_PROP_USER_PROPERTY, PROP_RECEIVED_AT, buf);
+		if(rc != MOSQ_ERR_SUCCESS) return rc;
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 
 static int on_message(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_message *ed = event_data;
-	int64_t received = now_ms();
-	char buf[37];
-	const char *s;
+	bool forged_head;
 	int rc;
 
 	(void)event;
 	(void)userdata;
 
-	rc = strip_forged(&ed->properties);
-	if(rc != MOSQ_ERR_SUCCESS) return rc;
-
-	if(config.fields & FIELD_CLIENT_ID){
-		s = mosquitto_client_id(ed->client);
-		rc = mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY, PROP_CLIENT_ID, s ? s : "");
-		if(rc != MOSQ_ERR_SUCCESS) return rc;
-	}
-	if(config.fields & FIELD_ADDRESS){
-		s = mosquitto_client_address(ed->client);
-		rc = mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY, PROP_ADDRESS, s ? s : "");
-		if(rc != MOSQ_ERR_SUCCESS) return rc;
-	}
-	if(config.fields & FIELD_MESSAGE_ID){
-		rc = message_id(received, buf);
-		if(rc != MOSQ_ERR_SUCCESS) return rc;
-		rc = mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY, PROP_MESSAGE_ID, buf);
-		if(rc != MOSQ_ERR_SUCCESS) return rc;
-	}
-	if(config.fields & FIELD_TIME){
-		snprintf(buf, sizeof(buf), "%lld", (long long)received);
-		rc = mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY, PROP_RECEIVED_AT, buf);
-		if(rc != MOSQ_ERR_SUCCESS) return rc;
-	}
-	return MOSQ_ERR_SUCCESS;
+	strip_forged(&ed->properties);
+	/* Still a forged head: every property was forged, and only that node is left. */
+	forged_head = ed->properties != NULL && is_forged(ed->properties);
+	rc = add_stamps(&ed->properties, ed->client);
+	if(forged_head) drop_forged_head(&ed->properties);
+	return rc;
 }
 
 /* Appends `s` as a JSON string (or null) to buf at *len; returns false when it does not fit. */
@@ -394,6 +449,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data, s
 
 	(void)user_data;
 	plugin_id = identifier;
+	rc = check_property_layout();
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
 	config.fields = DEFAULT_FIELDS;
 	config.events = true;
 	for(int i = 0; i < opt_count; i++){
