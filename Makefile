@@ -21,8 +21,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## Create .venv with the operator and its dev tools
 
-testenv: ## Install the real test environment (kube-apiserver, etcd, kubectl, helm, kubeconform, Kafka, Mosquitto, kcat)
+testenv: ## Install the real test environment (kube-apiserver, etcd, kubectl, helm, kubeconform, Kafka, Mosquitto and our broker plugin, kcat)
 	bash hack/testenv/install-debian.sh
+	bash hack/testenv/build-broker-plugin.sh >/dev/null
 	bash hack/testenv/install-kafka.sh
 	bash hack/testenv/install-rocketmq.sh
 	bash hack/testenv/build-go-tools.sh all

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testenv.paths import run_dir, tool
+from testenv.paths import REPO, TESTENV_DIR, run_dir, tool
 from testenv.process import Server, free_port
 
 DYNSEC_PLUGIN_CANDIDATES = (
@@ -40,6 +40,23 @@ def dynsec_plugin() -> str:
         if os.path.exists(candidate):
             return candidate
     raise FileNotFoundError("Mosquitto's dynamic-security plugin is not installed: run `make testenv`")
+
+
+def stamp_plugin() -> str:
+    """Our broker plugin (broker-plugin/) built against the host's Mosquitto headers; built on first use.
+
+    hack/testenv/build-broker-plugin.sh keys the build by the source's hash, so this is a lookup once built.
+    """
+    proc = subprocess.run(
+        ["bash", str(REPO / "hack/testenv/build-broker-plugin.sh")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TESTENV_DIR": str(TESTENV_DIR)},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the broker plugin failed: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1]
 
 
 @dataclass
@@ -98,6 +115,7 @@ class Mosquitto:
 
 IN_POD_DATA_DIR = "/mosquitto/data"
 IN_POD_PLUGIN = "/usr/lib/mosquitto_dynamic_security.so"
+IN_POD_STAMP_PLUGIN = "/usr/lib/mqtt_operator_stamp.so"
 
 
 def from_rendered(conf: str, mqtt_port_in_pod: int, port: int, admin: tuple[str, str] | None) -> Mosquitto:
@@ -111,6 +129,8 @@ def from_rendered(conf: str, mqtt_port_in_pod: int, port: int, admin: tuple[str,
     data.mkdir()
     os.chmod(data, 0o777)  # noqa: S103 - a private temp dir of the test run
     text = conf.replace(IN_POD_DATA_DIR, str(data)).replace(IN_POD_PLUGIN, dynsec_plugin())
+    if IN_POD_STAMP_PLUGIN in text:
+        text = text.replace(IN_POD_STAMP_PLUGIN, stamp_plugin())
     lines = text.splitlines()
     listener_line = f"listener {mqtt_port_in_pod}"
     if listener_line not in lines:

@@ -15,7 +15,8 @@ repo="$(cd "$here/../.." && pwd)"
 source "$repo/hack/testenv/versions.env"
 TESTENV_DIR="${TESTENV_DIR:-$repo/.testenv}"
 mkdir -p "$TESTENV_DIR"
-TESTENV_DIR="$(cd "$TESTENV_DIR" && pwd)"
+# pwd -P: the path the tests see (testenv/paths.py resolves links), also when .testenv is a symlink.
+TESTENV_DIR="$(cd "$TESTENV_DIR" && pwd -P)"
 out="$TESTENV_DIR/images"
 stage="$out/context"
 store="$TESTENV_DIR/buildah"
@@ -114,7 +115,8 @@ define() {
     mqtt-operator)
       ref="localhost/mqtt-operator:$OPERATOR_VERSION" dir="$repo" ctx="$repo" ;;
     mosquitto)
-      ref="localhost/mosquitto:$MOSQUITTO_IMAGE_VERSION" args=(MOSQUITTO_VERSION="$MOSQUITTO_IMAGE_VERSION") ;;
+      ref="localhost/mosquitto:$MOSQUITTO_IMAGE_VERSION" args=(MOSQUITTO_VERSION="$MOSQUITTO_IMAGE_VERSION")
+      extra="$(plugin_sources)" ;;
     kafka)
       ref="localhost/kafka:$KAFKA_VERSION" args=(KAFKA_VERSION="$KAFKA_VERSION")
       extra="$(jar_listing kafka "$TESTENV_DIR/kafka/$KAFKA_VERSION" libs)" ;;
@@ -147,6 +149,11 @@ binary_hash() {
     bash "$repo/hack/testenv/build-go-tools.sh" "$1" >&2
   fi
   sha256sum < "$bin" | cut -d' ' -f1
+}
+
+# The broker plugin's sources (broker-plugin/), which the mosquitto image builds in a stage of its own.
+plugin_sources() {
+  (cd "$repo" && find broker-plugin -type f ! -name '*.so' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
 }
 
 # The files of an image's folder that reach the build; for the operator, what its Dockerfile copies.
@@ -184,6 +191,7 @@ stage_context() {
       || cp -a "$TESTENV_DIR/kafka/$KAFKA_VERSION/libs" "$c/libs" ;;
     rocketmq) cp -al "$TESTENV_DIR/rocketmq/$ROCKETMQ_VERSION/lib" "$c/lib" 2>/dev/null \
       || cp -a "$TESTENV_DIR/rocketmq/$ROCKETMQ_VERSION/lib" "$c/lib" ;;
+    mosquitto) mkdir "$c/broker-plugin" && cp -a "$repo/broker-plugin/Makefile" "$repo/broker-plugin/"*.c "$c/broker-plugin/" ;;
     pause) gcc -Os -static -Wall -Werror -o "$c/pause" "$c/pause.c" && strip "$c/pause" ;;
     coredns|local-path-provisioner) cp "$TESTENV_DIR/bin/$name" "$c/$name" ;;
   esac

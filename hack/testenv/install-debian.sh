@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Installs from Debian's packages: Mosquitto (broker, clients, dynamic-security plugin) and kcat for the
-# tests; containerd, runc, the CNI plugins, iptables and the util-linux/iproute2 tools for the node
+# Installs from Debian's packages: Mosquitto (broker, clients, dynamic-security plugin, the headers
+# and compiler for our broker plugin) and kcat for the tests; containerd, runc, the CNI plugins,
+# iptables and the util-linux/iproute2 tools for the node
 # (localnode/).
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v mosquitto_ctrl >/dev/null || need+=(mosquitto-clients)
+# The headers and compiler the broker plugin (broker-plugin/) is built with (build-broker-plugin.sh).
+[ -e /usr/include/mosquitto_broker.h ] || need+=(mosquitto-dev)
+[ -e /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
+command -v cc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)
+command -v nm >/dev/null || need+=(binutils)
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 command -v kcat >/dev/null || need+=(kcat)
 command -v openssl >/dev/null || need+=(openssl)
 command -v containerd >/dev/null || need+=(containerd)

@@ -228,6 +228,10 @@ def test_mosquitto_image_runs_the_operators_config_with_dynamic_security(image: 
     assert image.config()["User"] == f"{BROKER_UID}:{BROKER_UID}"
     help_text = image.run("sh", "-c", "mosquitto -h; true")
     assert f"mosquitto version {version}" in help_text
+    assert (
+        image.run("sh", "-c", f"test -f {IN_POD_PATHS.stamp_plugin} && echo stamp-plugin").strip()
+        == "stamp-plugin"
+    )
     assert image.run("sh", "-c", f"test -f {IN_POD_PATHS.dynsec_plugin} && id -un && id -u").split() == [
         "mosquitto",
         str(BROKER_UID),
@@ -257,9 +261,57 @@ def test_mosquitto_image_runs_the_operators_config_with_dynamic_security(image: 
         volumes=volumes,
     )
     assert f"Loading plugin: {IN_POD_PATHS.dynsec_plugin}" in out
+    # Our plugin, built in the image against trixie's headers, loads after dynamic security.
+    assert f"Loading plugin: {IN_POD_PATHS.stamp_plugin}" in out
+    assert "mqtt_operator_stamp: stamping clientId clientAddress messageId;" in out
     good, wrong = out.split("--- good password")[1].split("--- wrong password")
     assert "admin" in good
     assert "not authorised" in wrong.lower() or "not authorized" in wrong.lower(), wrong
+
+
+@pytest.mark.parametrize("image", ["mosquitto"], indirect=True)
+def test_mosquitto_image_stamps_messages_with_its_own_broker_version(image: Image) -> None:
+    # The plugin walks Mosquitto's property list itself (2.0.21 exports no property readers): check it
+    # on the image's broker, not only on the host's 2.0.11 (tests/integration/test_broker_stamp.py).
+    port = free_port()
+    spec = MqttInstanceSpec.model_validate(
+        {"listeners": {"mqtt": {"port": port}}, "authorization": {"enabled": False}}
+    )
+    config_dir, data_dir = _workdir(BROKER_UID), _workdir(BROKER_UID)
+    (config_dir / "mosquitto.conf").write_text(render_mosquitto_conf(spec))
+    volumes = {config_dir: IN_POD_PATHS.config_dir, data_dir: IN_POD_PATHS.data_dir}
+    out = image.run(
+        "sh",
+        "-c",
+        f"mosquitto -c {IN_POD_PATHS.config_file} >/tmp/log 2>&1 & pid=$!\n"
+        f"for i in $(seq 50); do mosquitto_sub -p {port} -t '$SYS/broker/version' -C 1 -W 1 >/dev/null 2>&1"
+        " && break; sleep 0.2; done\n"
+        f"mosquitto_sub -V 5 -p {port} -t t -C 2 -W 10 -F '%P' >/tmp/props & sub=$!\n"
+        "sleep 0.5\n"
+        f"mosquitto_pub -V 5 -p {port} -t t -m x -i image-pub"
+        " -D publish user-property mqtt-operator/clientId forged -D publish user-property note kept\n"
+        # Nothing but forged properties: the first stamp takes the place of the list's head.
+        f"mosquitto_pub -V 5 -p {port} -t t -m y -i image-pub2"
+        " -D publish user-property MQTT-Operator/x forged\n"
+        "wait $sub; kill $pid; wait $pid\n"
+        "echo '--- props'; cat /tmp/props; echo '--- log'; cat /tmp/log",
+        volumes=volumes,
+    )
+    props, log = out.split("--- props")[1].split("--- log")
+    assert "mqtt_operator_stamp: stamping clientId clientAddress messageId;" in log
+    first, second = props.strip().splitlines()
+    pairs = dict(item.split(":", 1) for item in first.split())
+    assert pairs["note"] == "kept"
+    assert pairs["mqtt-operator/clientId"] == "image-pub"
+    assert pairs["mqtt-operator/clientAddress"] == "127.0.0.1"
+    assert uuid.UUID(pairs["mqtt-operator/messageId"]).version == 7
+    assert "forged" not in props
+    assert [item.split(":", 1)[0] for item in second.split()] == [
+        "mqtt-operator/clientId",
+        "mqtt-operator/clientAddress",
+        "mqtt-operator/messageId",
+    ]
+    assert "mqtt-operator/clientId:image-pub2" in second.split()
 
 
 @pytest.mark.parametrize("image", ["kafka"], indirect=True)

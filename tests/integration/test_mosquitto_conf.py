@@ -31,7 +31,7 @@ from mqtt_operator.resources.broker_config import broker_config_map
 from mqtt_operator.resources.identity import InstanceIdentity
 from mqtt_operator.resources.mosquitto_conf import CONFIG_FILE, BrokerPaths
 from mqtt_operator.resources.statefulset import statefulset
-from testenv.mosquitto import broker_dir, dynsec_plugin
+from testenv.mosquitto import broker_dir, dynsec_plugin, stamp_plugin
 from testenv.paths import tool
 from testenv.process import Server, free_port
 
@@ -55,6 +55,7 @@ class RenderedBroker:
             data_dir=str(self.root / "data"),
             tls_dir=str(self.root / "tls"),
             dynsec_plugin=dynsec_plugin(),
+            stamp_plugin=stamp_plugin(),
         )
         for folder in (self.root, self.root / "config", self.root / "data", self.root / "tls"):
             folder.mkdir(exist_ok=True)

@@ -113,7 +113,47 @@ class TestMosquittoConf:
     def test_authorization_off_lets_anyone_in_without_plugin(self) -> None:
         lines = options(conf(authorization={"enabled": False}))
         assert "allow_anonymous true" in lines
-        assert not [line for line in lines if line.startswith(("plugin", "password_file", "acl_file"))]
+        assert not [line for line in lines if line.startswith(("password_file", "acl_file"))]
+        # Only our stamp plugin, which authenticates and authorizes nothing.
+        plugins = [line for line in lines if line.startswith("plugin ")]
+        assert plugins == ["plugin /usr/lib/mqtt_operator_stamp.so"]
+
+    def test_the_stamp_plugin_loads_after_dynamic_security_with_default_options(self) -> None:
+        lines = options(conf())
+        plugins = [line for line in lines if line.startswith("plugin")]
+        assert plugins == [
+            "plugin /usr/lib/mosquitto_dynamic_security.so",
+            "plugin_opt_config_file /mosquitto/data/dynamic-security.json",
+            "plugin /usr/lib/mqtt_operator_stamp.so",
+            # receivedAt is off by default: the UUIDv7 message id holds the receive millisecond.
+            "plugin_opt_fields clientid,address,messageid",
+            "plugin_opt_events on",
+            "plugin_opt_events_topic $SYS/mqtt-operator/client-events",
+        ]
+
+    @pytest.mark.parametrize(
+        ("stamps", "fields"),
+        [
+            ({"receivedAt": True}, "clientid,address,messageid,time"),
+            ({"clientId": False, "clientAddress": False}, "messageid"),
+            ({"clientId": False, "clientAddress": False, "messageId": False}, "none"),
+        ],
+    )
+    def test_message_stamps_choose_the_plugins_fields(self, stamps: dict[str, bool], fields: str) -> None:
+        assert f"plugin_opt_fields {fields}" in options(conf(messageStamps=stamps))
+
+    def test_client_events_can_be_moved_or_turned_off(self) -> None:
+        lines = options(conf(clientEvents={"topic": "fleet/lifecycle"}))
+        assert "plugin_opt_events_topic fleet/lifecycle" in lines
+        assert "plugin_opt_events off" in options(conf(clientEvents={"enabled": False}))
+
+    @pytest.mark.parametrize("topic", ["", "a/+/b", "a/#", "a b", "a\nallow_anonymous true"])
+    def test_client_events_topic_must_be_one_publishable_topic(self, topic: str) -> None:
+        with pytest.raises(ValueError, match=r"spec\.clientEvents\.topic"):
+            conf(clientEvents={"topic": topic})
+
+    def test_in_pod_stamp_plugin_path_is_the_images(self) -> None:
+        assert BrokerPaths().stamp_plugin == "/usr/lib/mqtt_operator_stamp.so"
 
     def test_each_listener_with_its_protocol_and_connection_limit(self) -> None:
         text = conf(

@@ -52,6 +52,23 @@ class Authorization(Model):
     enabled: bool = True
 
 
+class MessageStamps(Model):
+    """Which user properties the broker plugin stamps on every PUBLISH it receives (docs/broker-plugin.md)."""
+
+    client_id: bool = True
+    client_address: bool = True
+    message_id: bool = True
+    # Off by default: the message id (a UUIDv7) already holds the receive time to the millisecond.
+    received_at: bool = False
+
+
+class ClientEvents(Model):
+    """Lifecycle events the broker plugin publishes: disconnects (Mosquitto 2.0 has no connect event)."""
+
+    enabled: bool = True
+    topic: str = "$SYS/mqtt-operator/client-events"
+
+
 class Sessions(Model):
     expiry: str = "2h"
     max_queued_messages: int = 100000
@@ -104,6 +121,8 @@ class MqttInstanceSpec(Model):
     service: ServiceSpec = ServiceSpec()
     network_policy: NetworkPolicySpec = NetworkPolicySpec()
     authorization: Authorization = Authorization()
+    message_stamps: MessageStamps = MessageStamps()
+    client_events: ClientEvents = ClientEvents()
     sessions: Sessions = Sessions()
     limits: Limits = Limits()
     persistence: Persistence = Persistence()

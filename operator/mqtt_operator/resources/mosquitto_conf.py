@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from mqtt_operator.api.base import duration_seconds, quantity_bytes
-from mqtt_operator.api.instance import Listener, MqttInstanceSpec
+from mqtt_operator.api.instance import ClientEvents, Listener, MessageStamps, MqttInstanceSpec
 from mqtt_operator.resources.templating import render
 
 CONFIG_FILE = "mosquitto.conf"
@@ -118,9 +118,11 @@ class BrokerPaths:
     tls_dir: str = "/mosquitto/tls"
     # Where the eclipse-mosquitto image installs the plugin (Debian puts it under /usr/lib/<arch>/).
     dynsec_plugin: str = "/usr/lib/mosquitto_dynamic_security.so"
+    # Our own plugin (broker-plugin/), where images/mosquitto/Dockerfile installs it.
+    stamp_plugin: str = "/usr/lib/mqtt_operator_stamp.so"
 
     def __post_init__(self) -> None:
-        for field in ("config_dir", "data_dir", "tls_dir", "dynsec_plugin"):
+        for field in ("config_dir", "data_dir", "tls_dir", "dynsec_plugin", "stamp_plugin"):
             _path(f"BrokerPaths.{field}", getattr(self, field))
 
     @property
@@ -221,6 +223,32 @@ def _max_packet_size(spec: MqttInstanceSpec) -> int:
     return checked_int(field, raw, 20, _MQTT_MAX_PACKET)
 
 
+# plugin_opt_fields names of the stamps, in the plugin's order (broker-plugin/mqtt_operator_stamp.c).
+_STAMP_FIELDS = (
+    ("client_id", "clientid"),
+    ("client_address", "address"),
+    ("message_id", "messageid"),
+    ("received_at", "time"),
+)
+_TOPIC_CHARS = re.compile(r"[\s+#\0]")
+
+
+def stamp_fields(stamps: MessageStamps) -> str:
+    """The plugin's `fields` option: the stamps switched on, comma-separated, or `none`."""
+    return ",".join(option for attr, option in _STAMP_FIELDS if getattr(stamps, attr)) or "none"
+
+
+def _events_topic(events: ClientEvents) -> str:
+    field = "spec.clientEvents.topic"
+    topic = one_line(field, events.topic)
+    # Mosquitto splits option values at whitespace; a wildcard is no topic to publish on.
+    if not topic or _TOPIC_CHARS.search(topic) or len(topic.encode()) > 65535:
+        raise ValueError(
+            f"{field} must be a topic name without whitespace or wildcards (+, #), not {topic!r}"
+        )
+    return topic
+
+
 def render_mosquitto_conf(spec: MqttInstanceSpec, paths: BrokerPaths = IN_POD_PATHS) -> str:
     """The complete mosquitto.conf for `spec`; pure (the template is read from the package)."""
     listeners = spec.listeners.enabled()
@@ -233,6 +261,10 @@ def render_mosquitto_conf(spec: MqttInstanceSpec, paths: BrokerPaths = IN_POD_PA
         # BrokerPaths checked its own values when it was made.
         dynsec_plugin=paths.dynsec_plugin,
         dynsec_file=paths.dynsec_file,
+        stamp_plugin=paths.stamp_plugin,
+        stamp_fields=stamp_fields(spec.message_stamps),
+        client_events=spec.client_events.enabled,
+        events_topic=_events_topic(spec.client_events),
         data_dir=paths.data_dir,
         autosave_interval=checked_int(
             "spec.persistence.autosaveInterval", spec.persistence.autosave_seconds, 1, _INT32_MAX
