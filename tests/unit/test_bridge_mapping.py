@@ -326,3 +326,13 @@ def test_a_redelivered_stamped_message_keeps_its_id() -> None:
     # Without the broker's stamp each delivery has its own id.
     plain = [dict(record(up(msg())).headers)["mqtt.messageId"] for _ in range(2)]
     assert plain[0] != plain[1]
+
+
+def test_without_received_at_the_time_comes_from_the_uuid7_message_id() -> None:
+    # 0x018bcfe56800 ms = 1700000000000 (2023-11-14T22:13:20Z)
+    props = Properties(user_properties=[("mqtt-operator/messageId", "018bcfe5-6800-7abc-8def-0123456789ab")])
+    rec = record(Uplink(spec(kafkaTopic="t", value="envelope"))(msg(props=props)))
+    assert rec.timestamp_ms == 1700000000000
+    assert json.loads(rec.value)["ts"] == 1700000000000
+    not_v7 = Properties(user_properties=[("mqtt-operator/messageId", "018bcfe5-6800-4abc-8def-0123456789ab")])
+    assert record(Uplink(spec(kafkaTopic="t"))(msg(props=not_v7))).timestamp_ms == 1700000000123

@@ -119,12 +119,23 @@ def stamps(msg: Message) -> Stamps:
     if not found:
         return NO_STAMPS
     received = found.get(STAMP_RECEIVED_AT)
-    return Stamps(
-        found.get(STAMP_CLIENT_ID),
-        found.get(STAMP_CLIENT_ADDRESS),
-        found.get(STAMP_MESSAGE_ID),
-        int(received) if received is not None and received.isdigit() else None,
-    )
+    message_id = found.get(STAMP_MESSAGE_ID)
+    if received is not None and received.isdigit():
+        received_ms: int | None = int(received)
+    else:
+        received_ms = uuid7_ms(message_id) if message_id is not None else None
+    return Stamps(found.get(STAMP_CLIENT_ID), found.get(STAMP_CLIENT_ADDRESS), message_id, received_ms)
+
+
+def uuid7_ms(text: str) -> int | None:
+    """The receive time the broker wrote into its message id (a UUIDv7's first 48 bits are Unix
+    milliseconds), so the time is known without the `receivedAt` stamp (off by default)."""
+    if len(text) != 36 or text[14] != "7":
+        return None
+    try:
+        return int(text[:8] + text[9:13], 16)
+    except ValueError:
+        return None
 
 
 def publisher_client_id(
