@@ -56,7 +56,26 @@ def stamp_plugin() -> str:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"building the broker plugin failed: {proc.stderr.strip()[-2000:]}")
-    return proc.stdout.strip().splitlines()[-1]
+    return str(_readable_by_broker(Path(proc.stdout.strip().splitlines()[-1])))
+
+
+def _readable_by_broker(plugin: Path) -> Path:
+    """The plugin where the `mosquitto` user can load it: as built when it can traverse every parent
+    folder, else a copy in broker_dir() (a clone under a 0700 folder, as mktemp -d makes, would make the
+    broker fail with "Permission denied")."""
+    if all(os.stat(p).st_mode & 0o001 for p in plugin.parents):
+        return plugin
+    folder = broker_dir() / "plugins" / plugin.parent.name
+    copy = folder / plugin.name
+    if not copy.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        for made in (folder.parent, folder):
+            os.chmod(made, 0o755)  # noqa: S103 - the broker's user must traverse it
+        partial = folder / f".{plugin.name}.{os.getpid()}"  # renamed when whole: never half loaded
+        shutil.copyfile(plugin, partial)
+        os.chmod(partial, 0o755)  # noqa: S103 - the broker's user must load it
+        partial.rename(copy)
+    return copy
 
 
 @dataclass
