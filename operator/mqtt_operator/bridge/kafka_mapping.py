@@ -27,6 +27,8 @@ import msgspec
 from mqtt_operator.bridge.config import KafkaToMqtt, MqttToKafka
 from mqtt_operator.bridge.message_fields import (
     NO_STAMPS,
+    PUBLISHER_ADDRESS,
+    PUBLISHER_CLIENT_ID,
     STAMP_PREFIX,
     invalid_mqtt_topic,
     json_field,
@@ -44,9 +46,6 @@ H_DUP: Final = "mqtt.dup"
 H_PACKET_ID: Final = "mqtt.packetId"
 H_MESSAGE_ID: Final = "mqtt.messageId"
 H_CLIENT_ID: Final = "mqtt.clientId"
-# From the broker's stamps (message_fields.py), present when its plugin stamps them.
-H_PUBLISHER_CLIENT_ID: Final = "mqtt.publisherClientId"
-H_PUBLISHER_ADDRESS: Final = "mqtt.publisherAddress"
 H_CONTENT_TYPE: Final = "mqtt.contentType"
 H_CORRELATION_DATA: Final = "mqtt.correlationData"
 H_RESPONSE_TOPIC: Final = "mqtt.responseTopic"
@@ -154,9 +153,9 @@ class Uplink:
             if client_id is not None:
                 headers.append((H_CLIENT_ID, client_id.encode()))
             if stamped.client_id is not None:
-                headers.append((H_PUBLISHER_CLIENT_ID, stamped.client_id.encode()))
+                headers.append((PUBLISHER_CLIENT_ID, stamped.client_id.encode()))
             if stamped.client_address is not None:
-                headers.append((H_PUBLISHER_ADDRESS, stamped.client_address.encode()))
+                headers.append((PUBLISHER_ADDRESS, stamped.client_address.encode()))
         if props is not None:
             if props.content_type is not None:
                 headers.append((H_CONTENT_TYPE, props.content_type.encode()))

@@ -94,6 +94,9 @@ STAMP_CLIENT_ID: Final = "mqtt-operator/clientId"
 STAMP_CLIENT_ADDRESS: Final = "mqtt-operator/clientAddress"
 STAMP_MESSAGE_ID: Final = "mqtt-operator/messageId"
 STAMP_RECEIVED_AT: Final = "mqtt-operator/receivedAt"
+# What the stamps are called in a Kafka header or RocketMQ property (the same name in both).
+PUBLISHER_CLIENT_ID: Final = "mqtt.publisherClientId"
+PUBLISHER_ADDRESS: Final = "mqtt.publisherAddress"
 
 
 class Stamps(NamedTuple):

@@ -40,6 +40,8 @@ import msgspec
 from mqtt_operator.bridge.config import MqttToRocketMQ, RocketMQToMqtt
 from mqtt_operator.bridge.message_fields import (
     NO_STAMPS,
+    PUBLISHER_ADDRESS,
+    PUBLISHER_CLIENT_ID,
     STAMP_PREFIX,
     invalid_mqtt_topic,
     json_field,
@@ -54,8 +56,6 @@ P_TOPIC: Final = "mqtt.topic"
 P_QOS: Final = "mqtt.qos"
 P_RETAIN: Final = "mqtt.retain"
 P_MESSAGE_ID: Final = "mqtt.messageId"
-P_PUBLISHER_CLIENT_ID: Final = "mqtt.publisherClientId"
-P_PUBLISHER_ADDRESS: Final = "mqtt.publisherAddress"
 P_RECEIVED_AT: Final = "mqtt.receivedAt"
 P_CLIENT_ID: Final = "mqtt.clientId"
 P_CONTENT_TYPE: Final = "mqtt.contentType"
@@ -267,9 +267,9 @@ class ToRocketMQ:
         if client_id:
             properties[P_CLIENT_ID] = escape_control(client_id)
         if stamped.client_id is not None:
-            properties[P_PUBLISHER_CLIENT_ID] = escape_control(stamped.client_id)
+            properties[PUBLISHER_CLIENT_ID] = escape_control(stamped.client_id)
         if stamped.client_address is not None:
-            properties[P_PUBLISHER_ADDRESS] = escape_control(stamped.client_address)
+            properties[PUBLISHER_ADDRESS] = escape_control(stamped.client_address)
         if stamped.received_at_ms is not None:
             properties[P_RECEIVED_AT] = str(stamped.received_at_ms)
         if not payload:
