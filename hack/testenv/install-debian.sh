@@ -11,6 +11,7 @@ command -v mosquitto_ctrl >/dev/null || need+=(mosquitto-clients)
 # The headers and compiler the broker plugin (broker-plugin/) is built with (build-broker-plugin.sh).
 [ -e /usr/include/mosquitto_broker.h ] || need+=(mosquitto-dev)
 [ -e /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
+[ -e /usr/include/cjson/cJSON.h ] || need+=(libcjson-dev)
 command -v cc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
 command -v nm >/dev/null || need+=(binutils)

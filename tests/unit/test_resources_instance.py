@@ -114,21 +114,26 @@ class TestMosquittoConf:
         lines = options(conf(authorization={"enabled": False}))
         assert "allow_anonymous true" in lines
         assert not [line for line in lines if line.startswith(("password_file", "acl_file"))]
-        # Only our stamp plugin, which authenticates and authorizes nothing.
+        # Only our plugin, which then lets every login and check through (alone, "defer" would deny all).
         plugins = [line for line in lines if line.startswith("plugin ")]
         assert plugins == ["plugin /usr/lib/mqtt_operator_stamp.so"]
+        assert "plugin_opt_access allow" in lines
 
-    def test_the_stamp_plugin_loads_after_dynamic_security_with_default_options(self) -> None:
+    def test_our_plugin_loads_before_dynamic_security_with_default_options(self) -> None:
+        # First, so that its login and ACL callbacks see every client before dynamic security answers.
         lines = options(conf())
         plugins = [line for line in lines if line.startswith("plugin")]
         assert plugins == [
-            "plugin /usr/lib/mosquitto_dynamic_security.so",
-            "plugin_opt_config_file /mosquitto/data/dynamic-security.json",
             "plugin /usr/lib/mqtt_operator_stamp.so",
             # receivedAt is off by default: the UUIDv7 message id holds the receive millisecond.
             "plugin_opt_fields clientid,address,messageid",
             "plugin_opt_events on",
             "plugin_opt_events_topic $SYS/mqtt-operator/client-events",
+            "plugin_opt_clients on",
+            "plugin_opt_control_users mqtt-operator-admin",
+            "plugin_opt_access defer",
+            "plugin /usr/lib/mosquitto_dynamic_security.so",
+            "plugin_opt_config_file /mosquitto/data/dynamic-security.json",
         ]
 
     @pytest.mark.parametrize(

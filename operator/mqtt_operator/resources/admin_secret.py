@@ -10,7 +10,7 @@ from typing import Any
 
 from mqtt_operator.api.instance import MqttInstanceSpec
 from mqtt_operator.resources.identity import InstanceIdentity
-from mqtt_operator.resources.mosquitto_conf import one_line
+from mqtt_operator.resources.config_lines import one_line
 
 ADMIN_USERNAME = "mqtt-operator-admin"
 USERNAME_KEY = "username"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from mqtt_operator.api.base import duration_seconds, quantity_bytes
 from mqtt_operator.api.instance import ClientEvents, Listener, MessageStamps, MqttInstanceSpec
+from mqtt_operator.resources.admin_secret import ADMIN_USERNAME
+from mqtt_operator.resources.config_lines import one_line
 from mqtt_operator.resources.templating import render
 
 CONFIG_FILE = "mosquitto.conf"
@@ -76,19 +78,6 @@ _PROTOCOLS = {"mqtt": "mqtt", "mqtts": "mqtt", "websocket": "websockets"}
 _INT32_MAX = 2**31 - 1
 _MQTT_MAX_PACKET = 268_435_455  # the largest remaining length MQTT can encode
 _OPTION_NAME = re.compile(r"[ \t]*([^ \t]*)")
-
-
-def one_line(field: str, value: str, *, secret: bool = False) -> str:
-    """`value` if it cannot end a line of the file early; otherwise a ValueError naming `field`.
-
-    `secret` keeps the value out of the message, which ends up in status and Events.
-    """
-    if not isinstance(value, str):
-        raise ValueError(f"{field} must be a string, not {type(value).__name__}")
-    if any(ch in value for ch in "\n\r\0"):
-        shown = "" if secret else f" from {value!r}"
-        raise ValueError(f"{field} must be a single line: remove the line break or NUL character{shown}")
-    return value
 
 
 def checked_int(field: str, value: object, minimum: int, maximum: int) -> int:
@@ -223,7 +212,7 @@ def _max_packet_size(spec: MqttInstanceSpec) -> int:
     return checked_int(field, raw, 20, _MQTT_MAX_PACKET)
 
 
-# plugin_opt_fields names of the stamps, in the plugin's order (broker-plugin/mqtt_operator_stamp.c).
+# plugin_opt_fields names of the stamps, in the plugin's order (broker-plugin/plugin.c).
 _STAMP_FIELDS = (
     ("client_id", "clientid"),
     ("client_address", "address"),
@@ -263,6 +252,7 @@ def render_mosquitto_conf(spec: MqttInstanceSpec, paths: BrokerPaths = IN_POD_PA
         dynsec_file=paths.dynsec_file,
         stamp_plugin=paths.stamp_plugin,
         stamp_fields=stamp_fields(spec.message_stamps),
+        admin_username=ADMIN_USERNAME,
         client_events=spec.client_events.enabled,
         events_topic=_events_topic(spec.client_events),
         data_dir=paths.data_dir,

@@ -1,28 +1,18 @@
 /*
- * mqtt_operator_stamp: a Mosquitto 2.0 plugin (plugin API v5) of mqtt-operator.
- *
- * On every PUBLISH the broker receives (MOSQ_EVT_MESSAGE) it removes any incoming user property whose
- * name starts with "mqtt-operator/" (any letter case), then appends the stamps chosen by
- * `plugin_opt_fields` (a comma-separated list of clientid, address, messageid, time; default
- * clientid,address,messageid):
+ * The stamps: on every PUBLISH the broker receives (MOSQ_EVT_MESSAGE) this removes any incoming user
+ * property whose name starts with "mqtt-operator/" (any letter case), then appends the stamps chosen
+ * by `plugin_opt_fields` (clientid, address, messageid, time; default clientid,address,messageid):
  *
  *   mqtt-operator/clientId       the publisher's client id            (mosquitto_client_id)
  *   mqtt-operator/clientAddress  the publisher's IP address, no port  (mosquitto_client_address)
  *   mqtt-operator/messageId      a UUIDv7 (RFC 9562): 48-bit ms time, 12-bit counter, 62 random bits
  *   mqtt-operator/receivedAt     the broker's receive time, ms since the epoch, decimal
  *
- * On every client disconnect (MOSQ_EVT_DISCONNECT) of a client that had connected, it publishes a JSON
- * event on `plugin_opt_events_topic` (default $SYS/mqtt-operator/client-events; `plugin_opt_events
- * off` turns it off). Mosquitto 2.0 has no connect event: see docs/broker-plugin.md.
- *
  * Builds against the headers of Mosquitto 2.0.11 (tests) and 2.0.21 (the broker image); it calls only
  * mosquitto_* functions that both brokers export (2.0.21 exports fewer: see struct mqtt5__property
- * below), so the plugin links no library.
+ * below).
  */
 #include <errno.h>
-#include <stdarg.h>
-#include <stdbool.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,47 +20,20 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include <mosquitto.h>
-#include <mosquitto_broker.h>
-#include <mosquitto_plugin.h>
 #include <mqtt_protocol.h>
 
-#define STAMP_PREFIX "mqtt-operator/"
+#include "plugin.h"
+
 #define PROP_CLIENT_ID STAMP_PREFIX "clientId"
 #define PROP_ADDRESS STAMP_PREFIX "clientAddress"
 #define PROP_MESSAGE_ID STAMP_PREFIX "messageId"
 #define PROP_RECEIVED_AT STAMP_PREFIX "receivedAt"
-#define DEFAULT_EVENTS_TOPIC "$SYS/mqtt-operator/client-events"
-
-enum {
-	FIELD_CLIENT_ID = 1 << 0,
-	FIELD_ADDRESS = 1 << 1,
-	FIELD_MESSAGE_ID = 1 << 2,
-	FIELD_TIME = 1 << 3,
-};
-#define DEFAULT_FIELDS (FIELD_CLIENT_ID | FIELD_ADDRESS | FIELD_MESSAGE_ID)
-
-struct stamp_config {
-	unsigned fields;
-	bool events;
-	char *events_topic;
-};
-
-static mosquitto_plugin_id_t *plugin_id = NULL;
-static struct stamp_config config = {DEFAULT_FIELDS, true, NULL};
 
 /* The broker runs plugin callbacks on its one main thread: no locking. */
 static uint64_t last_ms = 0;
 static uint16_t counter = 0;
 static uint8_t random_pool[256];
 static size_t random_left = 0;
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int random_bytes(uint8_t *out, size_t len)
 {
@@ -129,7 +92,7 @@ static int message_id(int64_t received_ms, char out[37])
  * Mosquitto's own property list node (lib/property_mosq.h, the same in 2.0.11 and 2.0.21). The public
  * headers only declare it; the broker of 2.0.21 exports no mosquitto_property_read_* / _next /
  * _identifier (its src/linker.syms lists only the _add_* functions and _free_all), so the plugin reads
- * the nodes itself. check_property_layout() proves this definition against the running broker at load
+ * the nodes itself. stamp_check_layout() proves this definition against the running broker at load
  * time, and the plugin refuses to load when it does not match.
  */
 struct mqtt__string {
@@ -158,7 +121,7 @@ static bool string_is(const struct mqtt__string *s, const char *expected)
 	return s->v != NULL && s->len == len && memcmp(s->v, expected, len) == 0;
 }
 
-static int check_property_layout(void)
+int stamp_check_layout(void)
 {
 	mosquitto_property *probe = NULL;
 	bool ok;
@@ -179,7 +142,7 @@ static int check_property_layout(void)
 	mosquitto_property_free_all(&probe);
 	if(!ok){
 		mosquitto_log_printf(MOSQ_LOG_ERR,
-			"mqtt_operator_stamp: this broker's property list differs from the one the plugin was written for (Mosquitto 2.0): not loading");
+			PLUGIN_NAME ": this broker's property list differs from the one the plugin was written for (Mosquitto 2.0): not loading");
 		return MOSQ_ERR_NOT_SUPPORTED;
 	}
 	return MOSQ_ERR_SUCCESS;
@@ -299,7 +262,7 @@ static int add_stamps(mosquitto_property **props, const struct mosquitto *client
 	return MOSQ_ERR_SUCCESS;
 }
 
-static int on_message(int event, void *event_data, void *userdata)
+int stamp_on_message(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_message *ed = event_data;
 	bool forged_head;
@@ -316,186 +279,3 @@ static int on_message(int event, void *event_data, void *userdata)
 	return rc;
 }
 
-/* Appends `s` as a JSON string (or null) to buf at *len; returns false when it does not fit. */
-static bool json_string(char *buf, size_t size, size_t *len, const char *s)
-{
-	int n;
-
-	if(s == NULL){
-		n = snprintf(buf + *len, size - *len, "null");
-		if(n < 0 || (size_t)n >= size - *len) return false;
-		*len += (size_t)n;
-		return true;
-	}
-	if(*len + 1 >= size) return false;
-	buf[(*len)++] = '"';
-	for(const unsigned char *c = (const unsigned char *)s; *c; c++){
-		if(*c == '"' || *c == '\\'){
-			if(*len + 2 >= size) return false;
-			buf[(*len)++] = '\\';
-			buf[(*len)++] = (char)*c;
-		}else if(*c < 0x20){
-			if(*len + 6 >= size) return false;
-			*len += (size_t)snprintf(buf + *len, size - *len, "\\u%04x", *c);
-		}else{
-			if(*len + 1 >= size) return false;
-			buf[(*len)++] = (char)*c;
-		}
-	}
-	if(*len + 1 >= size) return false;
-	buf[(*len)++] = '"';
-	buf[*len] = '\0';
-	return true;
-}
-
-/* Appends printf-formatted text to buf at *len; false when it does not fit. */
-static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(buf + *len, size - *len, fmt, ap);
-	va_end(ap);
-	if(n < 0 || (size_t)n >= size - *len) return false;
-	*len += (size_t)n;
-	return true;
-}
-
-static int on_disconnect(int event, void *event_data, void *userdata)
-{
-	struct mosquitto_evt_disconnect *ed = event_data;
-	const char *id = mosquitto_client_id(ed->client);
-	char payload[2048];
-	size_t len = 0;
-	bool ok;
-
-	(void)event;
-	(void)userdata;
-
-	/* A refused CONNECT has no client id left by the time of this event: nothing had connected. */
-	if(!config.events || id == NULL){
-		return MOSQ_ERR_SUCCESS;
-	}
-	ok = append(payload, sizeof(payload), &len, "{\"event\":\"disconnect\",\"timestampMs\":%lld,\"clientId\":",
-			(long long)now_ms())
-		&& json_string(payload, sizeof(payload), &len, id)
-		&& append(payload, sizeof(payload), &len, ",\"address\":")
-		&& json_string(payload, sizeof(payload), &len, mosquitto_client_address(ed->client))
-		&& append(payload, sizeof(payload), &len, ",\"username\":")
-		&& json_string(payload, sizeof(payload), &len, mosquitto_client_username(ed->client))
-		/* Mosquitto 2.0 always passes -1: why the client went (DISCONNECT packet, lost socket,
-		 * keep-alive timeout, take-over) is only in the broker's log line. */
-		&& (ed->reason < 0
-			? append(payload, sizeof(payload), &len, ",\"reason\":null}")
-			: append(payload, sizeof(payload), &len, ",\"reason\":%d}", ed->reason));
-	if(!ok){
-		mosquitto_log_printf(MOSQ_LOG_WARNING, "mqtt_operator_stamp: the disconnect event of %s is too long, not published", id);
-		return MOSQ_ERR_SUCCESS;
-	}
-	mosquitto_broker_publish_copy(NULL, config.events_topic, (int)len, payload, 0, false, NULL);
-	return MOSQ_ERR_SUCCESS;
-}
-
-static int parse_fields(const char *value, unsigned *fields)
-{
-	char *copy = strdup(value), *save = NULL, *tok;
-	unsigned out = 0;
-
-	if(copy == NULL) return MOSQ_ERR_NOMEM;
-	for(tok = strtok_r(copy, ", ", &save); tok != NULL; tok = strtok_r(NULL, ", ", &save)){
-		if(!strcasecmp(tok, "clientid")) out |= FIELD_CLIENT_ID;
-		else if(!strcasecmp(tok, "address")) out |= FIELD_ADDRESS;
-		else if(!strcasecmp(tok, "messageid")) out |= FIELD_MESSAGE_ID;
-		else if(!strcasecmp(tok, "time")) out |= FIELD_TIME;
-		else if(!strcasecmp(tok, "none")) ;
-		else{
-			mosquitto_log_printf(MOSQ_LOG_ERR,
-				"mqtt_operator_stamp: unknown field '%s' in plugin_opt_fields (known: clientid, address, messageid, time, none)", tok);
-			free(copy);
-			return MOSQ_ERR_INVAL;
-		}
-	}
-	free(copy);
-	*fields = out;
-	return MOSQ_ERR_SUCCESS;
-}
-
-static int parse_bool(const char *key, const char *value, bool *out)
-{
-	if(!strcasecmp(value, "on") || !strcasecmp(value, "true")){
-		*out = true;
-	}else if(!strcasecmp(value, "off") || !strcasecmp(value, "false")){
-		*out = false;
-	}else{
-		mosquitto_log_printf(MOSQ_LOG_ERR, "mqtt_operator_stamp: plugin_opt_%s takes on or off, not '%s'", key, value);
-		return MOSQ_ERR_INVAL;
-	}
-	return MOSQ_ERR_SUCCESS;
-}
-
-int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
-{
-	for(int i = 0; i < supported_version_count; i++){
-		if(supported_versions[i] == 5) return 5;
-	}
-	return -1;
-}
-
-int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data, struct mosquitto_opt *opts, int opt_count)
-{
-	const char *topic = DEFAULT_EVENTS_TOPIC;
-	int rc;
-
-	(void)user_data;
-	plugin_id = identifier;
-	rc = check_property_layout();
-	if(rc != MOSQ_ERR_SUCCESS) return rc;
-	config.fields = DEFAULT_FIELDS;
-	config.events = true;
-	for(int i = 0; i < opt_count; i++){
-		if(!strcasecmp(opts[i].key, "fields")){
-			rc = parse_fields(opts[i].value, &config.fields);
-		}else if(!strcasecmp(opts[i].key, "events")){
-			rc = parse_bool(opts[i].key, opts[i].value, &config.events);
-		}else if(!strcasecmp(opts[i].key, "events_topic")){
-			topic = opts[i].value;
-			rc = MOSQ_ERR_SUCCESS;
-			if(mosquitto_pub_topic_check(topic) != MOSQ_ERR_SUCCESS){
-				mosquitto_log_printf(MOSQ_LOG_ERR, "mqtt_operator_stamp: plugin_opt_events_topic '%s' is no topic to publish on", topic);
-				rc = MOSQ_ERR_INVAL;
-			}
-		}else{
-			mosquitto_log_printf(MOSQ_LOG_WARNING, "mqtt_operator_stamp: unknown option plugin_opt_%s ignored", opts[i].key);
-			rc = MOSQ_ERR_SUCCESS;
-		}
-		if(rc != MOSQ_ERR_SUCCESS) return rc;
-	}
-	config.events_topic = mosquitto_strdup(topic);
-	if(config.events_topic == NULL) return MOSQ_ERR_NOMEM;
-
-	mosquitto_log_printf(MOSQ_LOG_INFO, "mqtt_operator_stamp: stamping%s%s%s%s%s; disconnect events %s%s",
-		config.fields & FIELD_CLIENT_ID ? " clientId" : "",
-		config.fields & FIELD_ADDRESS ? " clientAddress" : "",
-		config.fields & FIELD_MESSAGE_ID ? " messageId" : "",
-		config.fields & FIELD_TIME ? " receivedAt" : "",
-		config.fields ? "" : " nothing",
-		config.events ? "on " : "off",
-		config.events ? config.events_topic : "");
-
-	rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
-	if(rc != MOSQ_ERR_SUCCESS) return rc;
-	return mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL);
-}
-
-int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *opts, int opt_count)
-{
-	(void)user_data;
-	(void)opts;
-	(void)opt_count;
-	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
-	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
-	mosquitto_free(config.events_topic);
-	config.events_topic = NULL;
-	return MOSQ_ERR_SUCCESS;
-}
