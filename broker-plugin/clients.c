@@ -504,7 +504,7 @@ static int by_id(const void *a, const void *b)
 	return strcmp((*(struct client_rec *const *)a)->id, (*(struct client_rec *const *)b)->id);
 }
 
-int clients_online(struct client_rec ***out, size_t *count)
+int clients_list(bool online_only, struct client_rec ***out, size_t *count)
 {
 	struct client_rec **list = mosquitto_malloc((rec_count ? rec_count : 1) * sizeof(*list));
 	size_t n = 0;
@@ -512,7 +512,7 @@ int clients_online(struct client_rec ***out, size_t *count)
 	if(list == NULL) return MOSQ_ERR_NOMEM;
 	for(size_t i = 0; i < bucket_count; i++){
 		for(struct entry *e = buckets[i]; e != NULL; e = e->next){
-			if(e->rec.conn != NULL) list[n++] = &e->rec;
+			if(e->rec.conn != NULL || !online_only) list[n++] = &e->rec;
 		}
 	}
 	qsort(list, n, sizeof(*list), by_id);

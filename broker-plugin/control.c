@@ -4,7 +4,8 @@
  * {"responses": [...]} on $CONTROL/mqtt-operator/v1/response, one per command, in order, each with
  * the command's name, its correlationData when it had one, and either "data" or "error".
  *
- *   listClients        {"offset": 0, "limit": 1000, "match": "car-*"}  online clients by id
+ *   listClients        {"offset": 0, "limit": 1000, "match": "car-*", "onlineOnly": false}
+ *                                                                      clients (and offline sessions) by id
  *   getClient          {"clientId": "car-17"}                          one record and its subscriptions
  *   kickClient         {"clientId": "car-17", "sendWill": false}       disconnect it now
  *   unsubscribeClient  {"clientId": "car-17", "topicFilter": "cmd/#"}  stop deliveries on that filter
@@ -76,6 +77,7 @@ static const char *list_clients(const cJSON *cmd, cJSON *data, char *err, size_t
 	long long offset = number_field(cmd, "offset", 0, 0, 1LL << 31);
 	long long limit = number_field(cmd, "limit", LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX);
 	const char *match = string_field(cmd, "match");
+	bool ok = true, online_only = bool_field(cmd, "onlineOnly", false, &ok);
 	struct client_rec **list;
 	size_t count, total = 0, shown = 0;
 	cJSON *clients;
@@ -85,7 +87,8 @@ static const char *list_clients(const cJSON *cmd, cJSON *data, char *err, size_t
 	if(offset < 0) return "offset must be a whole number, 0 or more";
 	if(limit < 0) return "limit must be a whole number from 1 to 10000";
 	if(cJSON_GetObjectItemCaseSensitive(cmd, "match") != NULL && match == NULL) return "match must be a string";
-	if(clients_online(&list, &count) != MOSQ_ERR_SUCCESS) return "out of memory";
+	if(!ok) return "onlineOnly must be true or false";
+	if(clients_list(online_only, &list, &count) != MOSQ_ERR_SUCCESS) return "out of memory";
 	clients = cJSON_AddArrayToObject(data, "clients");
 	for(size_t i = 0; i < count && clients != NULL; i++){
 		if(match != NULL && fnmatch(match, list[i]->id, 0) != 0) continue;

@@ -83,8 +83,9 @@ int clients_on_tick(int event, void *event_data, void *userdata);
 /* From the ACL_CHECK dispatch: returns MOSQ_ERR_ACL_DENIED for a revoked delivery, else DEFER. */
 int clients_on_acl(const struct mosquitto_evt_acl_check *ed);
 struct client_rec *clients_find(const char *id);
-/* Online clients, sorted by id: *out is an array the caller frees (mosquitto_free). */
-int clients_online(struct client_rec ***out, size_t *count);
+/* The records (online clients, and offline sessions holding subscriptions unless online_only),
+ * sorted by id: *out is an array the caller frees (mosquitto_free). */
+int clients_list(bool online_only, struct client_rec ***out, size_t *count);
 int clients_unsubscribe(struct client_rec *rec, const char *filter);
 cJSON *clients_json(const struct client_rec *rec, bool with_subscriptions);
 
