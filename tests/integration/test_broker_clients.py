@@ -22,13 +22,19 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from mqtt_operator.api.instance import MqttInstanceSpec
-from mqtt_operator.kubectl.broker import CONTROL_RESPONSE_TOPIC, CONTROL_TOPIC, CommandFailed, Session, session
+from mqtt_operator.kubectl.broker import (
+    CONTROL_RESPONSE_TOPIC,
+    CONTROL_TOPIC,
+    CommandFailed,
+    Session,
+    session,
+)
 from mqtt_operator.kubectl.cluster import Login
 from mqtt_operator.resources.admin_secret import ADMIN_USERNAME
 from mqtt_operator.resources.mosquitto_conf import render_mosquitto_conf
 from testenv.mosquitto import Mosquitto, from_rendered
-from testenv.process import free_port
 from testenv.paths import tool
+from testenv.process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +55,9 @@ def ctrl(broker: Mosquitto, *args: str) -> None:
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Mosquitto]:
     spec = MqttInstanceSpec.model_validate({"authorization": {"enabled": True}})
-    b = from_rendered(render_mosquitto_conf(spec), 1883, free_port(), (ADMIN.username, ADMIN.password)).start()
+    b = from_rendered(
+        render_mosquitto_conf(spec), 1883, free_port(), (ADMIN.username, ADMIN.password)
+    ).start()
     # One device account with a role that may publish and subscribe anywhere.
     ctrl(b, "createClient", DEVICE_USER, "-p", DEVICE_PASSWORD)
     ctrl(b, "createRole", "device")
@@ -269,11 +277,15 @@ def test_publish_reaches_subscribers_or_one_client(broker: Mosquitto, admin: Ses
             assert (msg.payload, msg.qos) == (b"unlock", 2)
             assert ("requestedBy", "oncall") in msg.properties.UserProperty
         # Only to one client, and binary through base64.
-        admin.command("publish", topic="cmd/all", payload="AAEC/w==", payloadEncoding="base64", clientId="car-pub-b")
+        admin.command(
+            "publish", topic="cmd/all", payload="AAEC/w==", payloadEncoding="base64", clientId="car-pub-b"
+        )
         assert b.next().payload == b"\x00\x01\x02\xff"
         assert a.nothing()
         with pytest.raises(CommandFailed, match="mqtt-operator/ are the broker's own"):
-            admin.command("publish", topic="cmd/all", userProperties=[{"name": "mqtt-operator/clientId", "value": "x"}])
+            admin.command(
+                "publish", topic="cmd/all", userProperties=[{"name": "mqtt-operator/clientId", "value": "x"}]
+            )
         with pytest.raises(CommandFailed, match="no \\+ or #"):
             admin.command("publish", topic="cmd/#")
         with pytest.raises(CommandFailed, match="not valid base64"):
@@ -306,12 +318,16 @@ def test_unsubscribe_stops_deliveries_on_that_filter_only(broker: Mosquitto, adm
         sender.close()
 
 
-def test_a_persistent_session_keeps_its_subscriptions_across_reconnects(broker: Mosquitto, admin: Session) -> None:
+def test_a_persistent_session_keeps_its_subscriptions_across_reconnects(
+    broker: Mosquitto, admin: Session
+) -> None:
     car = Device(broker.port, "car-persistent", clean=False)
     car.subscribe("cmd/car-persistent")
     car.close()
-    offline = wait_for(lambda: listed(admin).get("car-persistent", {}).get("online") is False and listed(admin),
-                       "the session to show offline")  # fmt: skip
+    offline = wait_for(
+        lambda: listed(admin).get("car-persistent", {}).get("online") is False and listed(admin),
+        "the session to show offline",
+    )
     assert offline["car-persistent"]["disconnectedAtMs"] is not None
     assert "car-persistent" not in listed(admin, onlineOnly=True)
     back = Device(broker.port, "car-persistent", clean=False)
@@ -349,7 +365,9 @@ def test_listing_pages_through_many_clients(broker: Mosquitto, admin: Session) -
             s.close()
 
 
-def test_bad_requests_get_an_error_and_others_cannot_use_the_control_topic(broker: Mosquitto, admin: Session) -> None:
+def test_bad_requests_get_an_error_and_others_cannot_use_the_control_topic(
+    broker: Mosquitto, admin: Session
+) -> None:
     with pytest.raises(CommandFailed, match="unknown command"):
         admin.command("dropEverything")
     with pytest.raises(CommandFailed, match="clientId \\(a string\\) is required"):
@@ -379,7 +397,9 @@ def test_connection_info_is_right_after_a_broker_restart(broker: Mosquitto) -> N
         broker.start()
         car.connects.get(timeout=30)
         with session("127.0.0.1", broker.port, ADMIN, "admin-after-restart") as admin:
-            row = wait_for(lambda: listed(admin, onlineOnly=True).get("car-restart"), "car-restart to be back")
+            row = wait_for(
+                lambda: listed(admin, onlineOnly=True).get("car-restart"), "car-restart to be back"
+            )
         assert row["connectedAtMs"] >= restarted
         assert row["address"] == "127.0.0.1"
     finally:

@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mqtt_operator.api.instance import MqttInstanceSpec
-from mqtt_operator.resources.identity import InstanceIdentity
 from mqtt_operator.resources.config_lines import one_line
+from mqtt_operator.resources.identity import InstanceIdentity
 
 ADMIN_USERNAME = "mqtt-operator-admin"
 USERNAME_KEY = "username"
