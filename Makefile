@@ -73,3 +73,4 @@ bench: venv testenv ## Run the benchmarks; figures go to bench/results.json
 	$(PY) bench/bench_bridge.py
 	$(PY) bench/bench_function.py
 	$(PY) bench/bench_rocketmq.py
+	$(PY) bench/bench_broker.py

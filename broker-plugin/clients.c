@@ -11,8 +11,8 @@
  *                within one pass of its loop, and TICK ends every pass): connected.
  *
  * Records are kept by client id, so a session outlives its connection: a client that comes back
- * without a clean start still has the subscriptions it made before. A clean start, or the end of an
- * MQTT 3.1.1 clean session, forgets them, as the broker does.
+ * without a clean start still has the subscriptions it made before. A clean start, and the end of a
+ * connection that started clean, forget them, as the broker does (but see on_disconnect for MQTT 5).
  */
 #include <sys/types.h>
 #include <stdio.h>
@@ -365,9 +365,10 @@ int clients_on_disconnect(int event, void *event_data, void *userdata)
 	if(config.events){
 		publish_event(disconnect_event(at, id, rec->address, rec->username, ed->reason, rec->connected_ms));
 	}
-	/* An MQTT 3.1.1 clean session ends with its connection; an MQTT 5 session's expiry is not known
-	 * to plugins, so it is kept until the id comes back with a clean start. */
-	if(rec->clean_start && rec->protocol_version != 5) forget_session(rec);
+	/* A clean session (3.1.1) ends with its connection. An MQTT 5 session's expiry interval is not
+	 * given to plugins: one that started clean is taken to end now (session expiry 0, what clients
+	 * send unless told otherwise), one that resumed is kept until the id starts clean again. */
+	if(rec->clean_start) forget_session(rec);
 	drop_if_empty(rec);
 	return MOSQ_ERR_SUCCESS;
 }

@@ -1,6 +1,7 @@
 """`kubectl mqtt` as a user runs it against the real node: kubectl port-forwards through the API server
 to the broker Pod and the plugin logs in with the instance's admin Secret; `status` shows the broker
-the image runs, `tail` what a device publishes."""
+the image runs, `tail` what a device publishes, `clients` the device with its address, `kick` takes it
+offline; all answered by the broker plugin in the image's Mosquitto 2.0.21."""
 
 from __future__ import annotations
 
@@ -48,12 +49,21 @@ def test_status_and_tail_through_a_port_forward(cluster: Any, namespace: Namespa
 
     password = namespace.secret("car-17-credentials")
     with cluster.broker(ns, "devices") as (host, port):
-        car = HostDevice(host, port, "car-17", password)
+        car = HostDevice(host, port, "car-17", password, client_id="car-17")
         try:
             assert car.connect() == 0
             car.client.publish(
                 "vehicles/car-17/state", b'{"speed": 88}', qos=1, retain=True
             ).wait_for_publish(10)
+            listed = plugin(cluster, ns, "-o", "json", "clients", "devices", "car-*", "--online")
+            assert listed.returncode == 0, listed.stderr
+            (row,) = json.loads(listed.stdout)["clients"]
+            # The device came in through a port-forward: the broker sees the Pod's loopback.
+            assert (row["clientId"], row["username"], row["online"]) == ("car-17", "car-17", True)
+            assert row["address"]
+            kicked = plugin(cluster, ns, "kick", "devices", "car-17")
+            assert kicked.returncode == 0, kicked.stderr
+            assert car.disconnected.wait(15), "the broker did not disconnect car-17"
         finally:
             car.close()
     tail = plugin(

@@ -191,7 +191,7 @@ stage_context() {
       || cp -a "$TESTENV_DIR/kafka/$KAFKA_VERSION/libs" "$c/libs" ;;
     rocketmq) cp -al "$TESTENV_DIR/rocketmq/$ROCKETMQ_VERSION/lib" "$c/lib" 2>/dev/null \
       || cp -a "$TESTENV_DIR/rocketmq/$ROCKETMQ_VERSION/lib" "$c/lib" ;;
-    mosquitto) mkdir "$c/broker-plugin" && cp -a "$repo/broker-plugin/Makefile" "$repo/broker-plugin/"*.c "$c/broker-plugin/" ;;
+    mosquitto) mkdir "$c/broker-plugin" && cp -a "$repo/broker-plugin/Makefile" "$repo/broker-plugin/"*.[ch] "$c/broker-plugin/" ;;
     pause) gcc -Os -static -Wall -Werror -o "$c/pause" "$c/pause.c" && strip "$c/pause" ;;
     coredns|local-path-provisioner) cp "$TESTENV_DIR/bin/$name" "$c/$name" ;;
   esac

@@ -26,6 +26,7 @@ import pytest
 
 from mqtt_operator import __version__
 from mqtt_operator.api.instance import MqttInstanceSpec
+from mqtt_operator.resources.admin_secret import ADMIN_USERNAME
 from mqtt_operator.resources.mosquitto_conf import IN_POD_PATHS, render_mosquitto_conf
 from mqtt_operator.resources.statefulset import _DYNSEC_INIT_SCRIPT, BROKER_UID
 from testenv.paths import TESTENV_DIR, run_dir, tool, versions
@@ -261,7 +262,8 @@ def test_mosquitto_image_runs_the_operators_config_with_dynamic_security(image: 
         volumes=volumes,
     )
     assert f"Loading plugin: {IN_POD_PATHS.dynsec_plugin}" in out
-    # Our plugin, built in the image against trixie's headers, loads after dynamic security.
+    # Our plugin, built in the image against trixie's headers (and linked to its cJSON), loads before
+    # dynamic security.
     assert f"Loading plugin: {IN_POD_PATHS.stamp_plugin}" in out
     assert "mqtt_operator_stamp: stamping clientId clientAddress messageId;" in out
     good, wrong = out.split("--- good password")[1].split("--- wrong password")
@@ -293,12 +295,22 @@ def test_mosquitto_image_stamps_messages_with_its_own_broker_version(image: Imag
         # Nothing but forged properties: the first stamp takes the place of the list's head.
         f"mosquitto_pub -V 5 -p {port} -t t -m y -i image-pub2"
         " -D publish user-property MQTT-Operator/x forged\n"
-        "wait $sub; kill $pid; wait $pid\n"
-        "echo '--- props'; cat /tmp/props; echo '--- log'; cat /tmp/log",
+        "wait $sub\n"
+        # The admin interface, answered to the asking client (mosquitto_rr: request, then response).
+        f"mosquitto_rr -V 5 -p {port} -i rr-image -u {ADMIN_USERNAME} -t '$CONTROL/mqtt-operator/v1'"
+        " -e '$CONTROL/mqtt-operator/v1/response' -W 10"
+        """ -m '{"commands":[{"command":"listClients","match":"rr*"},{"command":"nope"}]}' >/tmp/rr 2>&1\n"""
+        "kill $pid; wait $pid\n"
+        "echo '--- rr'; cat /tmp/rr; echo '--- props'; cat /tmp/props; echo '--- log'; cat /tmp/log",
         volumes=volumes,
     )
+    rr = out.split("--- rr")[1].split("--- props")[0]
     props, log = out.split("--- props")[1].split("--- log")
     assert "mqtt_operator_stamp: stamping clientId clientAddress messageId;" in log
+    listing, unknown = json.loads(rr)["responses"]
+    (me,) = listing["data"]["clients"]  # mosquitto_rr's own connection (its id starts with "rr")
+    assert (me["address"], me["username"], me["protocolVersion"]) == ("127.0.0.1", ADMIN_USERNAME, 5)
+    assert unknown == {"command": "nope", "error": "unknown command"}
     first, second = props.strip().splitlines()
     pairs = dict(item.split(":", 1) for item in first.split())
     assert pairs["note"] == "kept"

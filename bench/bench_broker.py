@@ -1,0 +1,149 @@
+"""The broker plugin's own figures (docs/broker-plugin.md):
+
+- `broker_plugin_cost_ratio`: the broker's throughput (C clients, QoS 1, 256-byte payloads, one
+  publisher -> one subscriber) with the plugin loaded as the operator loads it (stamps, client table,
+  ACL callback) over the same broker without any plugin, same run;
+- `plugin_clients_5000_s`: `kubectl mqtt clients`' broker side (the paged `listClients` requests over
+  the admin session) with 5,000 clients connected; `plugin_clients_50_s` the same with 50, same run.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import record  # noqa: E402
+from mqtt_operator.api.instance import MqttInstanceSpec  # noqa: E402
+from mqtt_operator.kubectl.broker import Session, session  # noqa: E402
+from mqtt_operator.kubectl.cluster import Login  # noqa: E402
+from mqtt_operator.kubectl.main import list_clients  # noqa: E402
+from mqtt_operator.resources.admin_secret import ADMIN_USERNAME  # noqa: E402
+from mqtt_operator.resources.mosquitto_conf import render_mosquitto_conf  # noqa: E402
+from testenv.mosquitto import Mosquitto, from_rendered  # noqa: E402
+from testenv.paths import tool  # noqa: E402
+from testenv.process import free_port  # noqa: E402
+
+MESSAGES = 200_000
+PAYLOAD = "x" * 256
+ROUNDS = 3
+
+
+def with_plugin() -> Mosquitto:
+    # Authorization off: the plugin is the only one (access allow), so the comparison is the plugin's
+    # cost alone, not dynamic security's.
+    spec = MqttInstanceSpec.model_validate({"authorization": {"enabled": False}})
+    return from_rendered(render_mosquitto_conf(spec), 1883, free_port(), None)
+
+
+def without_plugin() -> Mosquitto:
+    return Mosquitto(config="allow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n")
+
+
+def throughput(broker: Mosquitto) -> float:
+    """Messages per second from one mosquitto_pub (-l, QoS 1) to one mosquitto_sub (QoS 1)."""
+    port = str(broker.port)
+    sub = subprocess.Popen(
+        [tool("mosquitto_sub"), "-p", port, "-q", "1", "-t", "bench/t", "-C", str(MESSAGES), "-V", "5"],
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    lines = (PAYLOAD + "\n") * MESSAGES
+    start = time.monotonic()
+    pub = subprocess.run(
+        [tool("mosquitto_pub"), "-p", port, "-q", "1", "-t", "bench/t", "-l", "-V", "5"],
+        input=lines.encode(), check=True, timeout=600,
+    )  # fmt: skip
+    assert pub.returncode == 0
+    sub.wait(timeout=600)
+    return MESSAGES / (time.monotonic() - start)
+
+
+def plugin_cost() -> dict[str, dict[str, object]]:
+    rates: dict[str, list[float]] = {"with": [], "without": []}
+    for _ in range(ROUNDS):  # interleaved, so drift on the shared machine hits both alike
+        for name, make in (("without", without_plugin), ("with", with_plugin)):
+            broker = make().start()
+            try:
+                rates[name].append(throughput(broker))
+            finally:
+                broker.stop()
+    best = {name: max(values) for name, values in rates.items()}
+    how = f"mosquitto_pub -l -> mosquitto_sub, QoS 1, 256 B, {MESSAGES} msgs, best of {ROUNDS}"
+    return {
+        "broker_with_plugin_msgs_s": {"value": round(best["with"]), "unit": "msg/s", "how": how},
+        "broker_without_plugin_msgs_s": {"value": round(best["without"]), "unit": "msg/s", "how": how},
+        "broker_plugin_cost_ratio": {
+            "value": round(best["with"] / best["without"], 3),
+            "unit": "ratio",
+            "how": "with plugin (stamps, client table; as the operator loads it) / without, same run",
+        },
+    }
+
+
+def connect_many(port: int, count: int, prefix: str) -> list[socket.socket]:
+    """`count` MQTT 3.1.1 logins over raw sockets: all CONNECTs sent, then all CONNACKs read."""
+
+    def utf8(s: str) -> bytes:
+        return struct.pack("!H", len(s.encode())) + s.encode()
+
+    socks = []
+    for i in range(count):
+        body = utf8("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 600) + utf8(f"{prefix}-{i:05d}")
+        s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        s.sendall(bytes([0x10, len(body)]) + body)
+        socks.append(s)
+    for s in socks:
+        assert s.recv(4) == b"\x20\x02\x00\x00"
+    return socks
+
+
+def listing_seconds(s: Session, expected: int) -> float:
+    list_clients(s, "car-*", online_only=True)  # warm-up
+    best = float("inf")
+    for _ in range(5):
+        start = time.monotonic()
+        found = list_clients(s, "car-*", online_only=True)
+        best = min(best, time.monotonic() - start)
+        assert len(found) == expected, len(found)
+    return best
+
+
+def clients_listing() -> dict[str, dict[str, object]]:
+    figures: dict[str, dict[str, object]] = {}
+    admin = Login(ADMIN_USERNAME, "unused-without-authorization")
+    for count in (50, 5000):
+        broker = with_plugin().start()
+        try:
+            # The admin session first: paho's select() cannot watch a socket numbered above 1024.
+            with session("127.0.0.1", broker.port, admin, "bench-admin") as s:
+                socks = connect_many(broker.port, count, "car")
+                try:
+                    seconds = listing_seconds(s, count)
+                finally:
+                    for sock in socks:
+                        sock.close()
+        finally:
+            broker.stop()
+        figures[f"plugin_clients_{count}_s"] = {
+            "value": round(seconds, 3),
+            "unit": "s",
+            "how": f"every page of listClients (1000 per page) with {count} clients online, best of 5",
+        }
+    return figures
+
+
+def main() -> None:
+    figures = {**clients_listing(), **plugin_cost()}
+    for name, figure in figures.items():
+        print(f"{name}: {figure['value']} {figure['unit']}")
+    record(figures)
+
+
+if __name__ == "__main__":
+    main()
