@@ -13,21 +13,22 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import record  # noqa: E402
-from mqtt_operator.api.instance import MqttInstanceSpec  # noqa: E402
-from mqtt_operator.kubectl.broker import Session, session  # noqa: E402
-from mqtt_operator.kubectl.cluster import Login  # noqa: E402
-from mqtt_operator.kubectl.main import list_clients  # noqa: E402
-from mqtt_operator.resources.admin_secret import ADMIN_USERNAME  # noqa: E402
-from mqtt_operator.resources.mosquitto_conf import render_mosquitto_conf  # noqa: E402
-from testenv.mosquitto import Mosquitto, from_rendered  # noqa: E402
-from testenv.paths import tool  # noqa: E402
-from testenv.process import free_port  # noqa: E402
+from bench.common import record
+from mqtt_operator.api.instance import MqttInstanceSpec
+from mqtt_operator.kubectl.broker import Session, session
+from mqtt_operator.kubectl.cluster import Login
+from mqtt_operator.kubectl.main import list_clients
+from mqtt_operator.resources.admin_secret import ADMIN_USERNAME
+from mqtt_operator.resources.mosquitto_conf import render_mosquitto_conf
+from testenv.mosquitto import Mosquitto, from_rendered
+from testenv.paths import tool
+from testenv.process import free_port
 
 MESSAGES = 200_000
 PAYLOAD = "x" * 256
@@ -46,22 +47,46 @@ def without_plugin() -> Mosquitto:
 
 
 def throughput(broker: Mosquitto) -> float:
-    """Messages per second from one mosquitto_pub (-l, QoS 1) to one mosquitto_sub (QoS 1)."""
+    """Messages per second from one mosquitto_pub (-l, QoS 1) to one mosquitto_sub (QoS 1): from the
+    first message published to the last one received."""
     port = str(broker.port)
     sub = subprocess.Popen(
-        [tool("mosquitto_sub"), "-p", port, "-q", "1", "-t", "bench/t", "-C", str(MESSAGES), "-V", "5"],
-        stdout=subprocess.DEVNULL,
+        [tool("mosquitto_sub"), "-p", port, "-q", "1", "-t", "bench/t", "-V", "5"],
+        stdout=subprocess.PIPE,
     )
-    time.sleep(0.5)
-    lines = (PAYLOAD + "\n") * MESSAGES
-    start = time.monotonic()
-    pub = subprocess.run(
-        [tool("mosquitto_pub"), "-p", port, "-q", "1", "-t", "bench/t", "-l", "-V", "5"],
-        input=lines.encode(), check=True, timeout=600,
-    )  # fmt: skip
-    assert pub.returncode == 0
-    sub.wait(timeout=600)
-    return MESSAGES / (time.monotonic() - start)
+    assert sub.stdout is not None
+    received = 0
+    done = threading.Event()
+
+    def count() -> None:
+        nonlocal received
+        for _ in sub.stdout:  # type: ignore[union-attr]
+            received += 1
+            if received == MESSAGES + 1:
+                done.set()
+
+    reader = threading.Thread(target=count, daemon=True)
+    reader.start()
+    try:
+        # The subscription is live once a probe comes through; it counts as the first message.
+        while received == 0:
+            subprocess.run(
+                [tool("mosquitto_pub"), "-p", port, "-q", "1", "-t", "bench/t", "-m", "probe"], check=True
+            )
+            time.sleep(0.2)
+        while received > 1:  # more than one probe went through: start the count after them
+            received = 1
+        lines = (PAYLOAD + "\n") * MESSAGES
+        start = time.monotonic()
+        subprocess.run(
+            [tool("mosquitto_pub"), "-p", port, "-q", "1", "-t", "bench/t", "-l", "-V", "5"],
+            input=lines.encode(), check=True, timeout=600,
+        )  # fmt: skip
+        assert done.wait(600), f"the subscriber received {received - 1} of {MESSAGES}"
+        return MESSAGES / (time.monotonic() - start)
+    finally:
+        sub.terminate()
+        sub.wait(timeout=10)
 
 
 def plugin_cost() -> dict[str, dict[str, object]]:
@@ -139,10 +164,11 @@ def clients_listing() -> dict[str, dict[str, object]]:
 
 
 def main() -> None:
-    figures = {**clients_listing(), **plugin_cost()}
-    for name, figure in figures.items():
-        print(f"{name}: {figure['value']} {figure['unit']}")
-    record(figures)
+    for measure in (clients_listing, plugin_cost):
+        figures = measure()
+        for name, figure in figures.items():
+            print(f"{name}: {figure['value']} {figure['unit']}", flush=True)
+        record(figures)
 
 
 if __name__ == "__main__":

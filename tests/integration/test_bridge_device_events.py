@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,10 +21,11 @@ from test_bridge_helpers import (
 
 from testenv.device import Device
 from testenv.kafka import Kafka
-from testenv.mosquitto import Mosquitto
+from testenv.mosquitto import Mosquitto, stamp_plugin
 
 pytestmark = pytest.mark.integration
 EVENTS = "device_events"
+PLUGIN_EVENTS = "$SYS/mqtt-operator/client-events"
 
 
 @pytest.fixture
@@ -86,3 +88,59 @@ def test_connects_and_disconnects_become_records_keyed_by_client_id(broker: Mosq
     finally:
         first.stop()
         second.stop()
+
+
+@pytest.fixture
+def plugin_broker() -> Iterator[Mosquitto]:
+    # The operator's setup: the broker plugin's client table and events, then the log on a topic.
+    b = Mosquitto(
+        config=f"plugin {stamp_plugin()}\nplugin_opt_clients on\nplugin_opt_access allow\n"
+        + NO_DROP_CONF
+        + "log_dest topic\nlog_type notice\nconnection_messages true\n"
+        + "log_timestamp true\nlog_timestamp_format %Y-%m-%dT%H:%M:%S\n"
+    ).start()
+    yield b
+    b.stop()
+
+
+def test_with_the_plugins_events_records_have_ms_times_and_the_logs_port_and_reason(
+    plugin_broker: Mosquitto, kafka: Kafka
+) -> None:
+    broker = plugin_broker
+    connects, disconnects = unique("mqtt-device-connect"), unique("mqtt-device-disconnect")
+    for topic in (connects, disconnects):
+        create_topic(kafka.bootstrap, topic)
+    config = worker_config(
+        mqtt_port=broker.port,
+        bootstrap=kafka.bootstrap,
+        mqtt_to_kafka={"topicFilters": ["cars/#"], "shareGroup": unique("g"), "kafkaTopic": unique("cars")},
+        deviceEvents={"connectTopic": connects, "disconnectTopic": disconnects, "pluginTopic": PLUGIN_EVENTS},
+    )
+    worker = WorkerProcess(config, replica_id="bridge-0")
+    try:
+        worker.start()
+        before = int(time.time() * 1000)
+        car = Device(broker.port, "car-user", None, client_id="car-42")
+        assert car.connect() == 0
+        car.close()
+        mqtt311_connect_then_drop(broker.port, "pile-7")
+        wait_for("4 events mapped", lambda: worker.metric("bridge_delivered_total", direction=EVENTS) >= 4)
+        came = [
+            r for r in consume(kafka.bootstrap, connects, 2, settle=1.0) if r.key in (b"car-42", b"pile-7")
+        ]
+        gone = [
+            r for r in consume(kafka.bootstrap, disconnects, 2, settle=1.0) if r.key in (b"car-42", b"pile-7")
+        ]
+        after = int(time.time() * 1000)
+    finally:
+        worker.stop()
+    # One record per connect and per disconnect, each at the broker's millisecond.
+    assert sorted(r.key for r in came) == sorted(r.key for r in gone) == [b"car-42", b"pile-7"]
+    for record in came + gone:
+        body = json.loads(record.value)
+        assert before <= body["ts"] == record.timestamp <= after
+    car_came = next(json.loads(r.value) for r in came if r.key == b"car-42")
+    assert car_came["address"].startswith("127.0.0.1:")  # the port from the broker's log line
+    assert (car_came["username"], car_came["protocol"], car_came["cleanStart"]) == ("car-user", 5, True)
+    reasons = {r.key: json.loads(r.value)["reason"] for r in gone}
+    assert reasons == {b"car-42": "disconnected", b"pile-7": "connection_closed"}

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mqtt_operator.bridge.config import DeviceEvents
+from mqtt_operator.bridge.device_events import LOG_TOPIC as LOG
 from mqtt_operator.bridge.device_events import DeviceEventMapping, parse_log_line
 from mqtt_operator.bridge.records import KafkaRecord, Message, Skip
 
@@ -101,3 +102,55 @@ def test_mapping_routes_keys_and_skips() -> None:
     assert isinstance(both(message(b"\xff\xfe")), Skip)
     connects_only = DeviceEventMapping(DeviceEvents(connect_topic="c"))
     assert isinstance(connects_only(message(b"1795452267: Client car-9 disconnected.")), Skip)
+
+
+PLUGIN_TOPIC = "$SYS/mqtt-operator/client-events"
+
+
+def _msg(topic: str, payload: bytes) -> Message:
+    return Message(topic, payload, 0, False, False, 0, None, received=NOW_MS / 1000)
+
+
+def _plugin_mapping() -> DeviceEventMapping:
+    return DeviceEventMapping(
+        DeviceEvents(connect_topic="came", disconnect_topic="gone", plugin_topic=PLUGIN_TOPIC)
+    )
+
+
+def test_with_plugin_events_the_records_carry_their_ms_time_and_the_logs_port_and_reason() -> None:
+    mapping = _plugin_mapping()
+    came_line = (
+        "2026-11-23T16:44:19: New client connected from 10.0.0.7:36448 as car-17 (p5, c1, k60, u'car')."
+    )
+    # The log line comes first and makes no record of its own.
+    assert isinstance(mapping(_msg(LOG, came_line.encode())), Skip)
+    connect = json.dumps({"event": "connect", "timestampMs": 1795452259123, "clientId": "car-17",
+                          "address": "10.0.0.7", "username": "car", "protocolVersion": 5,
+                          "keepalive": 60, "cleanStart": True}).encode()  # fmt: skip
+    record = mapping(_msg(PLUGIN_TOPIC, connect))
+    assert isinstance(record, KafkaRecord)
+    assert (record.topic, record.key, record.timestamp_ms) == ("came", b"car-17", 1795452259123)
+    assert json.loads(record.value) == {
+        "clientid": "car-17", "ts": 1795452259123, "event": "connect", "address": "10.0.0.7:36448",
+        "username": "car", "protocol": 5, "keepalive": 60, "cleanStart": True,
+    }  # fmt: skip
+
+    assert isinstance(mapping(_msg(LOG, b"2026-11-23T16:44:21: Client car-17 closed its connection.")), Skip)
+    gone = json.dumps({"event": "disconnect", "timestampMs": 1795452261007, "clientId": "car-17",
+                       "address": "10.0.0.7", "username": "car", "reason": None}).encode()  # fmt: skip
+    record = mapping(_msg(PLUGIN_TOPIC, gone))
+    assert isinstance(record, KafkaRecord)
+    assert json.loads(record.value) == {
+        "clientid": "car-17", "ts": 1795452261007, "event": "disconnect", "reason": "connection_closed",
+        "address": "10.0.0.7", "username": "car",
+    }  # fmt: skip
+
+
+def test_with_plugin_events_a_refused_login_makes_no_record_and_notes_stay_bounded() -> None:
+    mapping = _plugin_mapping()
+    for i in range(10_050):
+        line = f"2026-11-23T16:44:21: Client intruder-{i} disconnected, not authorised."
+        assert isinstance(mapping(_msg(LOG, line.encode())), Skip)
+    assert len(mapping._notes) == 10_000
+    assert isinstance(mapping(_msg(PLUGIN_TOPIC, b"not json")), Skip)
+    assert isinstance(mapping(_msg(PLUGIN_TOPIC, b'{"event": "publish"}')), Skip)

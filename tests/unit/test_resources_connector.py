@@ -41,7 +41,12 @@ ID = OwnerIdentity(
 )
 NAMES = WorkerNames(KAFKA_CONNECTOR.kind, "iot", "vehicles")
 MAX_NAME_LENGTH = 45  # `<name>-bridge` within the 52 characters a StatefulSet name may have
-BROKER = BrokerTarget(host="devices.iot.svc", port=1883, session_expiry_seconds=7200)
+BROKER = BrokerTarget(
+    host="devices.iot.svc",
+    port=1883,
+    session_expiry_seconds=7200,
+    client_events_topic="$SYS/mqtt-operator/client-events",
+)
 DOWNLINK = {
     "instanceRef": {"name": "devices"},
     "direction": "kafkaToMqtt",
@@ -204,6 +209,8 @@ class TestBridgeConfig:
         assert cfg["deviceEvents"] == {
             "connectTopic": "mqtt-device-connect",
             "disconnectTopic": "mqtt-device-disconnect",
+            # The broker plugin's client events, where the instance publishes them.
+            "pluginTopic": "$SYS/mqtt-operator/client-events",
         }
         bare = {k: v for k, v in EXAMPLE["spec"].items() if k not in ("deadLetter", "deviceEvents")}
         cfg = config_json(KafkaConnectorSpec.model_validate(bare))
@@ -413,6 +420,19 @@ class TestBrokerIdentity:
         ]
         plain = connector_policy(ID, spec(deviceEvents=None))
         assert [t for r in plain["spec"]["rules"] for t in r["topics"]] == ["vehicles/+/state"]
+
+    def test_device_events_may_read_the_broker_plugins_client_events_wherever_the_instance_puts_them(
+        self,
+    ) -> None:
+        rules = connector_rules(spec(), "fleet/lifecycle")
+        assert rules[-1] == {
+            "effect": "allow",
+            "actions": ["subscribe", "receive"],
+            "topics": ["$SYS/broker/log/N", "fleet/lifecycle"],
+        }
+        assert [
+            t for r in connector_rules(spec(deviceEvents=None), "fleet/lifecycle") for t in r["topics"]
+        ] == ["vehicles/+/state"]
 
     def test_64_filters_are_split_into_rules_of_32(self) -> None:
         filters = [f"site/{i}/#" for i in range(64)]

@@ -90,6 +90,9 @@ class KafkaToMqtt(ConfigModel):
 class DeviceEvents(ConfigModel):
     connect_topic: str | None = None
     disconnect_topic: str | None = None
+    # The broker plugin's client events topic (the instance's spec.clientEvents.topic); None when the
+    # instance publishes none: the log lines alone make the records (bridge/device_events.py).
+    plugin_topic: str | None = None
 
 
 class FunctionCall(ConfigModel):

@@ -1,7 +1,20 @@
-"""Device lifecycle events: Mosquitto's connect/disconnect notices turned into Kafka records. Pure.
+"""Device lifecycle events: the broker's connects and disconnects turned into Kafka records. Pure.
 
-Mosquitto 2.0 has no per-client event topic and its 2.0 plugin interface has no connect event. What it
-has is its log, which the operator's mosquitto.conf also sends to the broker itself (`log_dest topic`):
+Two sources, read on one MQTT session (so in the order the broker queued them):
+
+- **The broker plugin's events** (docs/broker-plugin.md), JSON on the instance's `spec.clientEvents.topic`
+  (default `$SYS/mqtt-operator/client-events`): a connect once the broker let the client in, a
+  disconnect for every end of a connection, with millisecond times, the client's IP and username.
+  When the instance publishes them (`plugin_topic` set), they make the records.
+- **The broker's log**, which the operator's mosquitto.conf also sends to the broker itself
+  (`log_dest topic`). With plugin events it only adds what the plugin cannot know (its API has no
+  client port and no disconnect reason): the log line of a connect or disconnect comes before the
+  plugin's event for it (the broker logs while handling the packet and publishes the plugin's
+  messages on its next loop pass), so the mapping notes the line's `IP:PORT` or reason and puts it on
+  the record the event makes. Without plugin events (an instance with `clientEvents.enabled: false`,
+  or a broker image without the plugin) the log lines make the records, with whole-second times.
+
+The log (`$SYS/broker/log/N`):
 each notice-level line is published on `$SYS/broker/log/N`, and `connection_messages true` makes every
 connect and disconnect such a line:
 
@@ -19,9 +32,11 @@ worker (ordinal 0) reads them; a client id containing " (p" cannot be told apart
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from calendar import timegm
+from collections import OrderedDict
 from dataclasses import dataclass
 from time import strptime
 from typing import Final
@@ -130,14 +145,78 @@ def parse_log_line(line: str, received_ms: int) -> DeviceEvent | None:
     return None
 
 
+# Notes kept per client id between a log line and the plugin's event for it; a bound, so that lines
+# whose event never comes (a refused login's "not authorised") cannot grow it.
+NOTES_MAX: Final = 10_000
+
+
+def parse_plugin_event(payload: bytes) -> DeviceEvent | None:
+    """The broker plugin's JSON event, or None when the payload is not one."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("event") not in ("connect", "disconnect"):
+        return None
+    if not isinstance(body.get("clientId"), str) or not isinstance(body.get("timestampMs"), int):
+        return None
+
+    def text(name: str) -> str | None:
+        value = body.get(name)
+        return value if isinstance(value, str) else None
+
+    def number(name: str) -> int | None:
+        value = body.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    clean = body.get("cleanStart")
+    return DeviceEvent(
+        event=body["event"],
+        clientid=body["clientId"],
+        ts_ms=body["timestampMs"],
+        address=text("address"),
+        username=text("username"),
+        protocol=number("protocolVersion"),
+        clean_start=clean if isinstance(clean, bool) else None,
+        keepalive=number("keepalive"),
+    )
+
+
 class DeviceEventMapping:
-    """Message on LOG_TOPIC -> a record on the connect or disconnect topic (keyed by client id), or Skip."""
+    """Message on LOG_TOPIC or the plugin's topic -> a record on the connect or disconnect topic (keyed
+    by client id), or Skip. Keeps the log's notes until the plugin's event for them arrives."""
 
     def __init__(self, spec: DeviceEvents) -> None:
         self.connect_topic = spec.connect_topic
         self.disconnect_topic = spec.disconnect_topic
+        self.plugin_topic = spec.plugin_topic
+        # (event, client id) -> the log's address (IP:PORT) of a connect, or reason of a disconnect.
+        self._notes: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def _note(self, event: DeviceEvent) -> None:
+        value = event.address if event.event == "connect" else event.reason
+        if value is None:
+            return
+        self._notes[(event.event, event.clientid)] = value
+        self._notes.move_to_end((event.event, event.clientid))
+        while len(self._notes) > NOTES_MAX:
+            self._notes.popitem(last=False)
+
+    def _with_notes(self, event: DeviceEvent) -> DeviceEvent:
+        noted = self._notes.pop((event.event, event.clientid), None)
+        if event.event == "disconnect":
+            return dataclasses.replace(event, reason=noted)
+        # The log's IP:PORT, when it is this connection's IP.
+        if noted is not None and event.address is not None and noted.rpartition(":")[0] == event.address:
+            return dataclasses.replace(event, address=noted)
+        return event
 
     def __call__(self, msg: Message) -> KafkaRecord | Skip:
+        if self.plugin_topic is not None and msg.topic == self.plugin_topic:
+            event = parse_plugin_event(msg.payload)
+            if event is None:
+                return Skip("not a client event of the broker plugin")
+            return self._record(self._with_notes(event))
         received_ms = int(msg.received * 1000)
         try:
             text = msg.payload.decode()
@@ -146,6 +225,12 @@ class DeviceEventMapping:
         event = parse_log_line(text, received_ms)
         if event is None:
             return Skip("not a connect or disconnect")
+        if self.plugin_topic is not None:
+            self._note(event)
+            return Skip("noted for the broker plugin's event")
+        return self._record(event)
+
+    def _record(self, event: DeviceEvent) -> KafkaRecord | Skip:
         topic = self.connect_topic if event.event == "connect" else self.disconnect_topic
         if topic is None:
             return Skip(f"no topic configured for {event.event} events")

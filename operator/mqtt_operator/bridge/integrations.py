@@ -136,7 +136,8 @@ def device_events(config: BridgeConfig, shared: SharedClients, metrics: Metrics)
         config.mqtt,
         client_id=f"{shared.client_id}-events",
         share_group=None,
-        topic_filters=(DEVICE_LOG_TOPIC,),
+        topic_filters=(DEVICE_LOG_TOPIC,)
+        + ((config.device_events.plugin_topic,) if config.device_events.plugin_topic else ()),
         role="mqtt device events",
     )
     events: Pipeline[Message, KafkaRecord] = Pipeline(

@@ -157,6 +157,10 @@ class KafkaConnector(Integration[KafkaConnectorSpec, KafkaConnectorStatus]):
     def config(self, broker: BrokerTarget, username: str | None) -> BridgeConfig:
         return connector_config(self.names, self.spec, broker, username)
 
+    def worker_rules(self) -> list[dict[str, Any]]:
+        # deviceEvents also reads the broker plugin's client events, wherever the instance puts them.
+        return connector_rules(self.spec, self.instance.client_events_topic)
+
     def checks_before_login(self) -> Sequence[Step]:
         return (self.read_kafka_secrets,)
 

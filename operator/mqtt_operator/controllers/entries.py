@@ -30,6 +30,8 @@ class InstanceEntry:
     deleting: bool
     # sessions.expiry: how long the broker keeps an offline client's session and its messages.
     session_expiry_seconds: int = 7200
+    # Where the broker plugin publishes client events (spec.clientEvents), None when it publishes none.
+    client_events_topic: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def instance_entry(body: Mapping[str, Any]) -> InstanceEntry:
         admin_secret=admin_secret_name(meta["name"]),
         deleting=bool(meta.get("deletionTimestamp")),
         session_expiry_seconds=spec.sessions.expiry_seconds,
+        client_events_topic=spec.client_events.topic if spec.client_events.enabled else None,
     )
 
 

@@ -352,6 +352,10 @@ class Integration(ABC, Generic[SpecT, StatusT]):
             )
         return None
 
+    def worker_rules(self) -> list[dict[str, Any]]:
+        """The AclPolicy rules of the workers' own broker account."""
+        return self.shape.rules(self.spec)
+
     async def log_in(self) -> Outcome | None:
         """The login the workers use: the integration's own account, or anonymous when the instance
         enforces no authorization (then its own objects are removed)."""
@@ -371,7 +375,7 @@ class Integration(ABC, Generic[SpecT, StatusT]):
         instance = self.instance.name
         user = await apply(self.client, worker_user(self.identity, self.names, instance))
         policy = await apply(
-            self.client, worker_policy(self.identity, self.names, instance, self.shape.rules(self.spec))
+            self.client, worker_policy(self.identity, self.names, instance, self.worker_rules())
         )
         waiting = []
         for obj in (user, policy):
@@ -407,6 +411,7 @@ class Integration(ABC, Generic[SpecT, StatusT]):
             host=f"{instance.name}.{instance.namespace}.svc",
             port=self.instance.mqtt_port or 0,
             session_expiry_seconds=instance.session_expiry_seconds,
+            client_events_topic=instance.client_events_topic,
         )
         config_map = worker_config_map(self.identity, self.names, self.config(broker, self.login.username))
         await apply(self.client, config_map)

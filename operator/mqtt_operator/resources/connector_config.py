@@ -58,14 +58,17 @@ def consumer_group(names: WorkerNames, spec: KafkaConnectorSpec) -> str | None:
     return spec.kafka_to_mqtt.consumer_group or f"mqtt-operator.{names.namespace}.{names.name}"
 
 
-def connector_rules(spec: KafkaConnectorSpec) -> list[dict[str, Any]]:
+def connector_rules(spec: KafkaConnectorSpec, client_events_topic: str | None = None) -> list[dict[str, Any]]:
+    """`client_events_topic`: where the instance's broker plugin publishes client events, read with
+    the log for deviceEvents (None: the instance publishes none)."""
     if spec.mqtt_to_kafka is not None:
         rules = allow_rules(["subscribe", "receive"], spec.mqtt_to_kafka.topic_filters)
     else:
         rules = allow_rules(["publish"], DOWNLINK_TOPICS)
     if spec.device_events is not None:
         # The broker's connect/disconnect notices (bridge/device_events.py).
-        rules += allow_rules(["subscribe", "receive"], [DEVICE_EVENTS_TOPIC])
+        topics = [DEVICE_EVENTS_TOPIC] + ([client_events_topic] if client_events_topic else [])
+        rules += allow_rules(["subscribe", "receive"], topics)
     return rules
 
 
@@ -146,7 +149,11 @@ def connector_config(
         mqtt_to_kafka=mqtt_to_kafka,
         kafka_to_mqtt=kafka_to_mqtt,
         device_events=(
-            DeviceEvents(connect_topic=events.connect_topic, disconnect_topic=events.disconnect_topic)
+            DeviceEvents(
+                connect_topic=events.connect_topic,
+                disconnect_topic=events.disconnect_topic,
+                plugin_topic=broker.client_events_topic,
+            )
             if events
             else None
         ),

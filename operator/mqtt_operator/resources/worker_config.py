@@ -29,6 +29,8 @@ class BrokerTarget:
     port: int  # its mqtt listener
     # The instance's sessions.expiry: how long a paused integration's sessions (and messages) last.
     session_expiry_seconds: int
+    # The broker plugin's client events topic (spec.clientEvents), None when the instance publishes none.
+    client_events_topic: str | None = None
 
 
 def mqtt_endpoint(names: WorkerNames, broker: BrokerTarget, username: str | None) -> MqttEndpoint:
