@@ -19,6 +19,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from test_bridge_helpers import WorkerProcess, consume, create_topic, unique, wait_for, worker_config
 
+from mqtt_operator.api.connector import KafkaConnectorSpec
+from mqtt_operator.api.kinds import KAFKA_CONNECTOR
+from mqtt_operator.resources.connector_config import connector_config
+from mqtt_operator.resources.worker_config import BrokerTarget
+from mqtt_operator.resources.worker_names import WorkerNames
 from testenv.kafka import Kafka
 from testenv.mosquitto import Mosquitto, stamp_plugin
 
@@ -132,3 +137,48 @@ def test_stamps_are_the_brokers_and_a_redelivered_record_keeps_its_id(
     assert set(numbers) == set(range(COUNT))
     duplicates = len(records) - COUNT
     assert 0 <= duplicates <= RECEIVE_MAXIMUM, duplicates
+
+
+def test_a_parent_topic_record_is_exactly_the_seeds_four_keys_with_the_real_client_id(
+    broker: Mosquitto, kafka: Kafka
+) -> None:
+    # The worker's config as the operator writes it for a KafkaConnector that sets nothing but the
+    # parent topic routing (every other field at its default).
+    parent = unique("vehicles")
+    create_topic(kafka.bootstrap, parent)
+    spec = KafkaConnectorSpec.model_validate(
+        {
+            "instanceRef": {"name": "devices"},
+            "direction": "mqttToKafka",
+            "kafka": {"bootstrapServers": kafka.bootstrap},
+            "mqttToKafka": {
+                "topicFilters": [f"{parent}/#"],
+                "routing": {"byParentTopic": {"allowed": [parent]}},
+            },
+        }
+    )
+    names = WorkerNames(KAFKA_CONNECTOR.kind, "iot", "vehicles")
+    target = BrokerTarget(host="127.0.0.1", port=broker.port, session_expiry_seconds=600)
+    config = connector_config(names, spec, target, None).model_dump(mode="json", by_alias=True)
+    config["metricsPort"] = 0
+    worker = WorkerProcess(config, replica_id="w0").start()
+    try:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="car-77", protocol=paho.MQTTv5)
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("clientId", "someone-else")]  # a device's own claim changes nothing
+        client.publish(f"{parent}/car-77/state", b'{"speed": 42}', qos=1, properties=props).wait_for_publish(
+            10
+        )
+        client.disconnect()
+        client.loop_stop()
+        [record] = consume(kafka.bootstrap, parent, 1)
+    finally:
+        worker.stop()
+    value = json.loads(record.value)
+    assert set(value) == {"clientId", "topic", "payload", "ts"}
+    assert value["clientId"] == "car-77"
+    assert (value["topic"], value["payload"]) == (f"{parent}/car-77/state", '{"speed": 42}')
+    # The broker's receive time (stamped), the record's timestamp too.
+    assert value["ts"] == record.timestamp

@@ -128,6 +128,17 @@ class TestSpec:
         assert routed.kafka_topics()[:2] == ("vehicles", "meters")
         assert downlink().kafka_topics() == ("mq2mqtt",)
 
+    def test_parent_topic_routing_writes_the_envelope_unless_told_otherwise(self) -> None:
+        routing = {"byParentTopic": {"allowed": ["vehicles"]}}
+        plain = {k: v for k, v in EXAMPLE["spec"]["mqttToKafka"].items() if k != "value"}
+
+        def value(**up: Any) -> str:
+            return str(config_json(spec(mqttToKafka={**plain, **up}))["mqttToKafka"]["value"])
+
+        assert value(topic=None, routing=routing) == "envelope"
+        assert value(topic=None, routing=routing, value="raw") == "raw"
+        assert value() == "raw"
+
     @pytest.mark.parametrize(
         ("kafka", "protocol"),
         [

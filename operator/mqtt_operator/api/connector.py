@@ -71,10 +71,18 @@ class MqttToKafkaSpec(Model):
     topic: str | None = None
     routing: Routing | None = None
     key: RecordKey = RecordKey()
-    value: Literal["raw", "envelope"] = "raw"
+    # None: envelope with routing.byParentTopic (the form the cloud service's parent-topic routing
+    # stores, docs/resources/kafkaconnector.md), raw otherwise; `record_value` says which.
+    value: Literal["raw", "envelope"] | None = None
     headers: RecordHeaders = RecordHeaders()
     partitioning: Literal["key", "roundRobin"] = "key"
     ordered: bool = False
+
+    @property
+    def record_value(self) -> Literal["raw", "envelope"]:
+        if self.value is not None:
+            return self.value
+        return "envelope" if self.routing is not None else "raw"
 
     @property
     def kafka_topics(self) -> tuple[str, ...]:

@@ -121,7 +121,7 @@ def connector_config(
             kafka_topic=uplink.topic,
             parent_topics=uplink.routing.by_parent_topic.allowed if uplink.routing else (),
             key=KeySpec(source=uplink.key.source, path=uplink.key.path),
-            value=uplink.value,
+            value=uplink.record_value,
             system_headers=uplink.headers.system,
             user_property_headers=uplink.headers.user_properties,
             partitioning=uplink.partitioning,
