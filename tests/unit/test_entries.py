@@ -11,7 +11,8 @@ def body(**spec: object) -> dict[str, object]:
 
 def test_the_client_events_topic_is_the_instances_or_none_when_it_publishes_none() -> None:
     assert instance_entry(body()).client_events_topic == "$SYS/mqtt-operator/client-events"
-    assert instance_entry(body(clientEvents={"topic": "fleet/lifecycle"})).client_events_topic == "fleet/lifecycle"
+    moved = instance_entry(body(clientEvents={"topic": "fleet/lifecycle"}))
+    assert moved.client_events_topic == "fleet/lifecycle"
     assert instance_entry(body(clientEvents={"enabled": False})).client_events_topic is None
 
 
