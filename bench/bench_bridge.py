@@ -38,7 +38,7 @@ from test_bridge_helpers import NO_DROP_CONF, WorkerProcess, worker_config  # no
 from bench.common import cpu_seconds, peak_rss_mib, record  # noqa: E402
 from mqtt_operator.bridge.mqtt_client import open_connection  # noqa: E402
 from testenv.kafka import Kafka  # noqa: E402
-from testenv.mosquitto import Mosquitto  # noqa: E402
+from testenv.mosquitto import Mosquitto, stamp_plugin  # noqa: E402
 from testenv.paths import tool  # noqa: E402
 
 UP_COUNT = 400_000
@@ -270,6 +270,23 @@ def main() -> None:
         w.terminate()
         print(f"1 worker: {one}")
 
+        # The same through a broker with our plugin (stamps, client table), as the operator loads it.
+        stamped = Mosquitto(
+            config=f"plugin {stamp_plugin()}\nplugin_opt_clients on\nplugin_opt_access allow\n" + NO_DROP_CONF
+        ).start()
+        try:
+            topic_p = "bench-up1-plugin"
+            create_topic(kafka.bootstrap, topic_p, 4)
+            wp = WorkerProcess(uplink_config(stamped, kafka, topic_p, "gp"), replica_id="w0").start()
+            wp.terminate()
+            preload(stamped.port, UP_COUNT)
+            wp.start(wait_ready=False)
+            one_plugin = drain([wp], UP, UP_COUNT)
+            wp.terminate()
+        finally:
+            stamped.stop()
+        print(f"1 worker, broker plugin: {one_plugin}")
+
         # Two workers on one share group.
         topic2 = "bench-up2"
         create_topic(kafka.bootstrap, topic2, 4)
@@ -350,6 +367,17 @@ def main() -> None:
                 "how": f"QoS 1 at least once, {PAYLOAD} B, {UP_COUNT} pre-loaded, timed after {WARMUP}; key "
                 f"clientId (topic level), 4 partitions, acks=all idempotent; "
                 f"{one['rate'] / c_rate:.2f}x the C pipeline",
+            },
+            "mqtt_to_kafka_1worker_broker_plugin_msgs_s": {
+                "value": round(one_plugin["rate"]),
+                "unit": "msg/s",
+                "how": f"as mqtt_to_kafka_1worker_msgs_s, through a broker with mqtt-operator's plugin "
+                f"(stamps, client table); {one_plugin['rate'] / one['rate']:.2f}x without it, same run",
+            },
+            "mqtt_to_kafka_broker_plugin_ratio": {
+                "value": round(one_plugin["rate"] / one["rate"], 3),
+                "unit": "ratio",
+                "how": "one worker's rate through a broker with the plugin / without, same run",
             },
             "mqtt_to_kafka_2workers_msgs_s": {
                 "value": round(two["rate"]),
