@@ -115,19 +115,27 @@ def stamps(msg: Message) -> Stamps:
     props = msg.props
     if props is None or not props.user_properties:
         return NO_STAMPS
-    found: dict[str, str] = {}
+    # On every message of the hot path: one pass, no intermediate dict. The last value of a name wins
+    # (the broker's plugin drops whatever a publisher sent under the prefix, so there is one).
+    client_id = address = message_id = received = None
     for name, value in props.user_properties:
-        if name.startswith(STAMP_PREFIX):
-            found[name] = value
-    if not found:
+        if not name.startswith(STAMP_PREFIX):
+            continue
+        if name == STAMP_MESSAGE_ID:
+            message_id = value
+        elif name == STAMP_CLIENT_ID:
+            client_id = value
+        elif name == STAMP_CLIENT_ADDRESS:
+            address = value
+        elif name == STAMP_RECEIVED_AT:
+            received = value
+    if client_id is None and address is None and message_id is None and received is None:
         return NO_STAMPS
-    received = found.get(STAMP_RECEIVED_AT)
-    message_id = found.get(STAMP_MESSAGE_ID)
     if received is not None and received.isdigit():
         received_ms: int | None = int(received)
     else:
         received_ms = uuid7_ms(message_id) if message_id is not None else None
-    return Stamps(found.get(STAMP_CLIENT_ID), found.get(STAMP_CLIENT_ADDRESS), message_id, received_ms)
+    return Stamps(client_id, address, message_id, received_ms)
 
 
 def uuid7_ms(text: str) -> int | None:
