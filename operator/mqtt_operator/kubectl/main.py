@@ -221,9 +221,12 @@ def clients(args: argparse.Namespace, out: TextIO) -> None:
             event = json.loads(msg.payload)
             if args.match and not fnmatch.fnmatchcase(str(event.get("clientId")), args.match):
                 continue
-            out.write(
-                render_event(event) if args.output == "table" else json.dumps(event, sort_keys=True) + "\n"
-            )
+            if args.output == "table":
+                out.write(render_event(event))
+            elif args.output == "json":
+                out.write(json.dumps(event, sort_keys=True) + "\n")
+            else:
+                out.write("---\n" + yaml.safe_dump(event, sort_keys=True))
             out.flush()
 
 
