@@ -312,7 +312,13 @@ def test_uplink_gets_its_config_workers_and_own_broker_identity(stack: Stack, ka
     assert user["metadata"]["ownerReferences"][0]["name"] == "vehicles"
     assert policy["spec"]["rules"] == [
         {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["vehicles/+/state"]},
-        {"effect": "allow", "actions": ["subscribe", "receive"], "topics": ["$SYS/broker/log/N"]},
+        # Device events: the broker's log, and the broker plugin's client events where the instance
+        # publishes them.
+        {
+            "effect": "allow",
+            "actions": ["subscribe", "receive"],
+            "topics": ["$SYS/broker/log/N", "$SYS/mqtt-operator/client-events"],
+        },
     ]
     password = stack.secret("vehicles-connector-credentials")
     # Device events: the connector's account reads the broker's connect notices (and only it does).
@@ -328,6 +334,7 @@ def test_uplink_gets_its_config_workers_and_own_broker_identity(stack: Stack, ka
     try:
         assert device.connect() == 0
         assert device.subscribe("$SYS/broker/log/N") < 0x80
+        assert device.subscribe("$SYS/mqtt-operator/client-events") < 0x80
         assert device.subscribe(f"$share/{ns}.vehicles/vehicles/+/state") < 0x80
         assert device.subscribe("meters/#") == NOT_AUTHORIZED
         assert device.publish("vehicles/car-1/state") == NOT_AUTHORIZED
