@@ -32,6 +32,7 @@ from mqtt_operator.kubectl.broker import (
 from mqtt_operator.kubectl.cluster import Login
 from mqtt_operator.resources.admin_secret import ADMIN_USERNAME
 from mqtt_operator.resources.mosquitto_conf import render_mosquitto_conf
+from testenv.cluster import wait_for
 from testenv.mosquitto import Mosquitto, from_rendered
 from testenv.paths import tool
 from testenv.process import free_port
@@ -158,16 +159,6 @@ def raw_mqtt311(port: int, client_id: str) -> socket.socket:
     return sock
 
 
-def wait_for(check: Any, what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def listed(admin: Session, **fields: Any) -> dict[str, dict[str, Any]]:
     data = admin.command("listClients", **fields)
     return {c["clientId"]: c for c in data["clients"]}  # type: ignore[union-attr]
@@ -212,7 +203,7 @@ def test_a_device_is_listed_with_its_connection_and_subscriptions(broker: Mosqui
     finally:
         car.close()
         old.close()
-    wait_for(lambda: "car-17" not in listed(admin, onlineOnly=True), "car-17 to go from the online list")
+    wait_for("car-17 to go from the online list", lambda: "car-17" not in listed(admin, onlineOnly=True))
 
 
 def test_a_refused_login_is_neither_listed_nor_an_event(broker: Mosquitto, admin: Session) -> None:
@@ -258,7 +249,7 @@ def test_kick_disconnects_the_device_with_administrative_action(broker: Mosquitt
         assert admin.command("kickClient", clientId="car-kick") == {"clientId": "car-kick"}
         reason = car.disconnects.get(timeout=TIMEOUT)
         assert getattr(reason, "value", reason) == 0x98  # MQTT 5: administrative action
-        wait_for(lambda: "car-kick" not in listed(admin, onlineOnly=True), "the kicked client to go")
+        wait_for("the kicked client to go", lambda: "car-kick" not in listed(admin, onlineOnly=True))
         with pytest.raises(CommandFailed, match="client car-kick is not connected"):
             admin.command("kickClient", clientId="car-kick")
     finally:
@@ -325,8 +316,8 @@ def test_a_persistent_session_keeps_its_subscriptions_across_reconnects(
     car.subscribe("cmd/car-persistent")
     car.close()
     offline = wait_for(
-        lambda: listed(admin).get("car-persistent", {}).get("online") is False and listed(admin),
         "the session to show offline",
+        lambda: listed(admin).get("car-persistent", {}).get("online") is False and listed(admin),
     )
     assert offline["car-persistent"]["disconnectedAtMs"] is not None
     assert "car-persistent" not in listed(admin, onlineOnly=True)
