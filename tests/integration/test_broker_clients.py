@@ -389,7 +389,7 @@ def test_connection_info_is_right_after_a_broker_restart(broker: Mosquitto) -> N
         car.connects.get(timeout=30)
         with session("127.0.0.1", broker.port, ADMIN, "admin-after-restart") as admin:
             row = wait_for(
-                lambda: listed(admin, onlineOnly=True).get("car-restart"), "car-restart to be back"
+                "car-restart to be back", lambda: listed(admin, onlineOnly=True).get("car-restart")
             )
         assert row["connectedAtMs"] >= restarted
         assert row["address"] == "127.0.0.1"
