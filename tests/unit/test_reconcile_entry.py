@@ -62,3 +62,42 @@ def test_unchanged_status_means_no_write() -> None:
     second = desired_status(body(status=first), outcome)
     assert status_changes(first, second) == {}
     assert status_changes(first, {**second, "observedGeneration": 3}) == {"observedGeneration": 3}
+
+
+def _types(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_a_spec_error_is_stalled_a_retry_is_reconciling_and_ready_clears_both() -> None:
+    stalled = desired_status(
+        body(), Outcome(conditions=(ConditionUpdate("Ready", "False", "InvalidSpec", "x"),))
+    )
+    assert _types(stalled) == {"Ready": ("False", "InvalidSpec"), "Stalled": ("True", "InvalidSpec")}
+    waiting = desired_status(
+        body(status=stalled),
+        Outcome(conditions=(ConditionUpdate("Ready", "False", "BrokerUnreachable", "y"),), retry_after=15),
+    )
+    assert _types(waiting) == {
+        "Ready": ("False", "BrokerUnreachable"),
+        "Reconciling": ("True", "BrokerUnreachable"),
+    }
+    ready = desired_status(
+        body(status=waiting), Outcome(conditions=(ConditionUpdate("Ready", "True", "Synced", ""),))
+    )
+    assert _types(ready) == {"Ready": ("True", "Synced")}
+
+
+def test_a_state_the_spec_asks_for_is_neither_reconciling_nor_stalled() -> None:
+    stopped = desired_status(
+        body(), Outcome(conditions=(ConditionUpdate("Ready", "False", "Stopped", "replicas 0"),))
+    )
+    assert _types(stopped) == {"Ready": ("False", "Stopped")}
+
+
+def test_reconciling_keeps_its_transition_time_so_a_repeat_writes_nothing() -> None:
+    outcome = Outcome(
+        conditions=(ConditionUpdate("Ready", "False", "Pending", "0 of 2 ready"),), retry_after=5
+    )
+    first = desired_status(body(), outcome)
+    again = desired_status(body(status=first), outcome)
+    assert status_changes(first, again) == {}

@@ -8,6 +8,13 @@ from typing import Any
 
 from mqtt_operator.api.conditions import ConditionStatus
 
+# Ready=False reasons that only a change of the spec (or of what it names) can clear: the status says
+# Stalled=True, which kstatus (Flux, kpt) reads as Failed and Argo CD as Degraded.
+SPEC_ERRORS: frozenset[str] = frozenset({"InvalidSpec", "InvalidPolicy", "Conflict", "NoPlainListener"})
+# Ready=False reasons that are what the spec asks for (spec.replicas 0, disabled, paused): nothing is
+# in progress, so neither Reconciling nor Stalled is set and `kubectl wait`/Flux do not wait on them.
+AT_REST: frozenset[str] = frozenset({"Stopped", "Disabled", "Paused"})
+
 
 @dataclass(frozen=True)
 class ConditionUpdate:

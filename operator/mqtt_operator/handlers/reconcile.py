@@ -15,7 +15,7 @@ import kopf
 
 from mqtt_operator.api.conditions import Condition, parse_conditions, remove_condition, set_condition
 from mqtt_operator.api.kinds import ALL_KINDS, PAUSE_ANNOTATION, Kind
-from mqtt_operator.controllers.outcome import Outcome
+from mqtt_operator.controllers.outcome import AT_REST, SPEC_ERRORS, Outcome
 from mqtt_operator.handlers.context import OperatorContext
 from mqtt_operator.kube.events import record_event
 from mqtt_operator.kube.status import status_changes, write_status
@@ -49,11 +49,30 @@ def desired_status(body: Mapping[str, Any], outcome: Outcome | None) -> dict[str
         conditions = set_condition(
             conditions, update.type, update.status, update.reason, update.message, generation
         )
+    conditions = progress_conditions(conditions, generation)
     return {
         **outcome.fields,
         "observedGeneration": generation,
         "conditions": [c.to_api() for c in conditions],
     }
+
+
+def progress_conditions(conditions: list[Condition], generation: int | None) -> list[Condition]:
+    """Pure: `Reconciling` and `Stalled` from Ready, the "abnormal-true" pair kstatus (Flux, kpt, Argo CD's
+    health checks in argocd/) reads. Ready=False for a spec error -> Stalled=True; for a cause the
+    operator waits out or retries (a broker not up yet, workers rolling) -> Reconciling=True; Ready=True
+    or a state the spec asks for (stopped, disabled, paused) -> neither."""
+    ready = next((c for c in conditions if c.type == "Ready"), None)
+    active: str | None = None
+    if ready is not None and ready.status != "True" and ready.reason not in AT_REST:
+        active = "Stalled" if ready.reason in SPEC_ERRORS else "Reconciling"
+    for kind in ("Reconciling", "Stalled"):
+        if kind != active:
+            conditions = remove_condition(conditions, kind)
+    if ready is None or active is None:
+        return conditions
+    # set_condition keeps lastTransitionTime while the status stays True: no write per reconcile.
+    return set_condition(conditions, active, "True", ready.reason, ready.message, generation)
 
 
 def kind_of(body: Mapping[str, Any]) -> Kind:
