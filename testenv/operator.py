@@ -24,10 +24,12 @@ class OperatorProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="operator-", dir=run_dir())))
     health_port: int = 0
+    metrics_port: int = 0
     server: Server | None = None
 
     def start(self) -> OperatorProcess:
         self.health_port = free_port()
+        self.metrics_port = free_port()
         argv = [
             sys.executable,
             "-m",
@@ -37,6 +39,8 @@ class OperatorProcess:
             self.log_level,
             "--health-port",
             str(self.health_port),
+            "--metrics-port",
+            str(self.metrics_port),
         ]
         for ns in self.namespaces:
             argv += ["--namespace", ns]
@@ -55,6 +59,12 @@ class OperatorProcess:
         url = f"http://127.0.0.1:{self.health_port}/healthz"
         with urllib.request.urlopen(url, timeout=2) as resp:
             return bool(resp.status == 200)
+
+    def metrics_text(self) -> str:
+        """The operator's Prometheus /metrics, as a scraper sees it."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
 
     def log_text(self) -> str:
         return (self.root / "operator.log").read_text(errors="replace")

@@ -33,6 +33,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", default="json", choices=["json", "text"])
     run.add_argument("--health-port", type=int, default=8080, help="port of /healthz; 0 turns it off")
     run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        help="port of the operator's Prometheus /metrics; 0 turns it off",
+    )
+    run.add_argument(
         "--broker-address",
         action="append",
         default=[],
@@ -114,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=args.log_level,
             log_format=args.log_format,
             health_port=args.health_port,
+            metrics_port=args.metrics_port,
             broker_addresses=parse_broker_addresses([*env_addresses, *args.broker_address]),
             broker_addresses_file=args.broker_addresses_file,
             drift_period_seconds=args.drift_period,

@@ -8,14 +8,13 @@ from typing import Any
 
 import kopf
 
-from mqtt_operator.api.kinds import (
-    FINALIZER,
-    GROUP,
-)
+from mqtt_operator import metrics
+from mqtt_operator.api.kinds import ALL_KINDS, FINALIZER, GROUP, VERSION
 from mqtt_operator.broker.pool import BrokerPool
 from mqtt_operator.controllers.access import AccessSync
 from mqtt_operator.handlers import access, integrations
 from mqtt_operator.handlers.context import OperatorContext
+from mqtt_operator.handlers.reconcile import count_object
 from mqtt_operator.kube.client import make_client
 from mqtt_operator.settings import OperatorSettings
 
@@ -51,6 +50,8 @@ def build_registry(operator: OperatorSettings) -> kopf.OperatorRegistry:
     with _default_registry(registry):
         access.register(operator.drift_period_seconds)
         integrations.register_all(operator.drift_period_seconds)
+        for kind in ALL_KINDS:
+            kopf.on.event(GROUP, VERSION, kind.plural)(count_object)
 
         @kopf.on.startup()
         async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -96,6 +97,7 @@ class _default_registry:
 def run(operator: OperatorSettings, stop_flag: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or `stop_flag`)."""
     liveness = f"http://0.0.0.0:{operator.health_port}/healthz" if operator.health_port else None
+    metrics.serve(operator.metrics_port)
     kopf.run(
         registry=build_registry(operator),
         clusterwide=operator.all_namespaces,

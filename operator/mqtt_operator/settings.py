@@ -18,6 +18,8 @@ class OperatorSettings:
     log_format: Literal["json", "text"] = "json"
     # kopf serves /healthz here; 0 disables it.
     health_port: int = 8080
+    # The operator's Prometheus metrics (metrics.py) are served here; 0 disables them.
+    metrics_port: int = 9090
     # Which component name Events and managed fields carry.
     field_manager: str = "mqtt-operator"
     # "namespace/instance" -> "host:port": where to reach a broker when the Service's cluster DNS name

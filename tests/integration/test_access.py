@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from testenv.cluster import Namespace, wait_for
 from testenv.device import NOT_AUTHORIZED, Device, connects
@@ -393,3 +394,73 @@ def test_network_policy_follows_the_spec(stack: Stack) -> None:
     patch["spec"]["networkPolicy"] = {"enabled": False, "allowFrom": []}
     stack.cp.kubectl("patch", "-n", stack.namespace, MQI, "devices", "--type=merge", "-p", json.dumps(patch))
     wait_for("the NetworkPolicy to go", lambda: stack.get("networkpolicy", "devices-broker") is None)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value, from a Prometheus text exposition."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_and_progress_conditions_follow_the_objects(stack: Stack) -> None:
+    """The operator's /metrics count reconciles, broker commands and objects by Ready; a cause the operator
+    waits out says Reconciling, one only a spec change fixes says Stalled (what kstatus reads)."""
+    ns = stack.namespace
+    stack.apply(user("meter-1"))
+    stack.wait_condition(MQU, "meter-1")
+    orphan = user("lost-2")
+    orphan["spec"]["instanceRef"]["name"] = "nowhere"
+    stack.apply(orphan)
+    stack.wait_condition(MQU, "lost-2", "False", "InstanceNotFound")
+    # A username another AuthUser has, and the broker's own admin account: each refused on its own object.
+    stack.apply(user("meter-1-twin", username="meter-1"))
+    stack.apply(user("admin-taker", username=ADMIN))
+    twin = stack.wait_condition(MQU, "meter-1-twin", "False", "Conflict")
+    assert "'meter-1'" in twin["message"] and "spec.username" in twin["message"]
+    stack.wait_condition(MQU, "admin-taker", "False", "Conflict")
+    # ... while the broker's other accounts still sync.
+    stack.apply(user("meter-2"))
+    stack.wait_condition(MQU, "meter-2")
+    assert connects(stack.port, "meter-2", stack.secret("meter-2-credentials"))
+    assert connects(stack.port, "meter-1", stack.secret("meter-1-credentials"))
+    assert stack.condition(MQU, "lost-2", "Reconciling")["status"] == "True"  # type: ignore[index]
+    assert stack.condition(MQU, "lost-2", "Stalled") is None
+    assert stack.condition(MQU, "meter-1-twin", "Stalled")["reason"] == "Conflict"  # type: ignore[index]
+    assert stack.condition(MQU, "meter-1", "Reconciling") is None
+    assert stack.condition(MQU, "meter-1", "Stalled") is None
+
+    assert stack.operator is not None
+    operator = stack.operator
+
+    def objects(ready: str) -> float:
+        return _samples(operator.metrics_text()).get(
+            ("mqtt_operator_objects", (("kind", "AuthUser"), ("namespace", ns), ("ready", ready))), 0.0
+        )
+
+    wait_for("the objects by Ready in /metrics", lambda: objects("True") == 2 and objects("False") == 3)
+    samples = _samples(operator.metrics_text())
+    assert samples[("mqtt_operator_reconciles_total", (("kind", "AuthUser"), ("result", "success")))] >= 1
+    assert samples[("mqtt_operator_reconciles_total", (("kind", "AuthUser"), ("result", "not_ready")))] >= 2
+    assert samples[("mqtt_operator_reconcile_duration_seconds_count", (("kind", "AuthUser"),))] >= 5
+    assert (
+        samples[("mqtt_operator_broker_commands_total", (("command", "createClient"), ("result", "ok")))] >= 1
+    )
+    assert (
+        samples[("mqtt_operator_broker_command_duration_seconds_count", (("command", "createClient"),))] >= 1
+    )
+    instance_ready = (
+        "mqtt_operator_object_ready",
+        (("kind", "MqttInstance"), ("name", "devices"), ("namespace", ns)),
+    )
+    assert samples[instance_ready] == 1
+    # Accounts are only counted: thousands of them must not make thousands of series.
+    assert not any(
+        name == "mqtt_operator_object_ready" and ("kind", "AuthUser") in labels for name, labels in samples
+    )
+    assert samples[("process_resident_memory_bytes", ())] > 0
+
+    stack.cp.kubectl("delete", "-n", ns, MQU, "lost-2", "--timeout=60s")
+    wait_for("a deleted object to leave /metrics", lambda: objects("False") == 2)

@@ -23,6 +23,7 @@ import json
 import logging
 import secrets
 import ssl
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -31,6 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from mqtt_operator import metrics
 from mqtt_operator.broker import commands as cmd
 from mqtt_operator.broker.commands import CONTROL_TOPIC, RESPONSE_TOPIC, Command, Result
 from mqtt_operator.broker.errors import (
@@ -305,6 +307,7 @@ class DynsecClient:
         paho = self._paho
         assert paho is not None and self._loop is not None
         correlations: list[str] = []
+        started = time.perf_counter()
         try:
             for batch in self._batches_of(commands):
                 ids = [f"{self._prefix}-{next(self._ids)}" for _ in batch]
@@ -328,6 +331,11 @@ class DynsecClient:
                     extra={"broker": self.address},
                 )
             answers = await self._answers([self._pending[c] for c in correlations])
+        except BaseException:
+            metrics.commands_done(
+                (c.name for c in commands), ("error" for _ in commands), time.perf_counter() - started
+            )
+            raise
         finally:
             for correlation in correlations:
                 future = self._pending.pop(correlation)
@@ -336,7 +344,13 @@ class DynsecClient:
                     future.exception()
                 else:
                     future.cancel()
-        return [cmd.result_from_response(c, a) for c, a in zip(commands, answers, strict=True)]
+        results = [cmd.result_from_response(c, a) for c, a in zip(commands, answers, strict=True)]
+        metrics.commands_done(
+            (c.name for c in commands),
+            ("error" if r.error else "ok" for r in results),
+            time.perf_counter() - started,
+        )
+        return results
 
     def _batches_of(self, commands: Sequence[Command]) -> Iterator[list[Command]]:
         batch: list[Command] = []

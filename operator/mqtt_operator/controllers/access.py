@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from lightkube import AsyncClient
@@ -71,12 +71,38 @@ class SyncReport:
         return self.failure or self.policies.get(name)
 
 
+def username_claims(users: Iterable[UserEntry]) -> dict[str, str]:
+    """Pure: AuthUser name -> why it cannot have its username: the operator's own admin account's, or
+    one an older AuthUser of the same broker already has (creation time, then name, decides)."""
+    refused: dict[str, str] = {}
+    holder: dict[str, UserEntry] = {}
+    live = sorted(
+        (u for u in users if not u.deleting and u.spec is not None), key=lambda u: (u.created, u.name)
+    )
+    for entry in live:
+        username = entry.username
+        if username in OWNERSHIP.protected_clients:
+            refused[entry.name] = (
+                f"username {username!r} is reserved for the broker's admin account: set another spec.username"
+            )
+        elif username in holder:
+            refused[entry.name] = (
+                f"username {username!r} is already AuthUser {holder[username].name!r}'s in this broker: "
+                "set another spec.username"
+            )
+        else:
+            holder[username] = entry
+    return refused
+
+
 @dataclass
 class _UserPlan:
     entry: UserEntry
     password: str | None = None  # None: keep what the broker has
     version: str | None = None
     outcome: Outcome | None = None
+    # Another AuthUser (or the admin account) has this username: never desired in the broker.
+    username_refused: bool = False
 
 
 @dataclass
@@ -220,6 +246,8 @@ class AccessSync:
         desired_clients, password_changes = [], set()
         for up in run.user_plans:
             username = up.entry.username
+            if up.username_refused:
+                continue
             if up.password is None and username not in have:
                 continue  # cannot be created without a password; its outcome says why
             desired_clients.append(
@@ -361,11 +389,18 @@ class AccessSync:
         report: SyncReport,
     ) -> list[_UserPlan]:
         gate = asyncio.Semaphore(SECRET_READS_IN_PARALLEL)
+        claims = username_claims(snap.users)
 
         async def one(entry: UserEntry) -> _UserPlan:
             up = _UserPlan(entry)
             if entry.spec is None:
                 up.outcome = not_ready("InvalidSpec", entry.error or "the spec cannot be read")
+                return up
+            refusal = claims.get(entry.name)
+            if refusal is not None:
+                # One bad AuthUser gets the error; the other accounts of the broker still sync.
+                up.outcome = not_ready("Conflict", refusal)
+                up.username_refused = True
                 return up
             known = (
                 self._password_versions.get((namespace, instance, entry.username))

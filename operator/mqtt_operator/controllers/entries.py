@@ -44,6 +44,9 @@ class UserEntry:
     deleting: bool
     synced_secret_version: str | None
     error: str | None = None
+    # metadata.creationTimestamp (RFC 3339 sorts as text): of two AuthUsers claiming one username, the
+    # older keeps it.
+    created: str = ""
 
     @property
     def username(self) -> str:
@@ -123,6 +126,7 @@ def user_entry(body: Mapping[str, Any]) -> UserEntry:
         deleting=bool(meta.get("deletionTimestamp")),
         synced_secret_version=status.get("passwordSecretResourceVersion"),
         error=error,
+        created=str(meta.get("creationTimestamp") or ""),
     )
 
 

@@ -588,7 +588,7 @@ class Integration(ABC, Generic[SpecT, StatusT]):
         return fields, None
 
     async def collect_counters(self) -> tuple[dict[str, Any], Counters]:
-        scraped = await scrape_all(self.metrics_targets(), self.metrics)
+        scraped = await scrape_all(self.kind.kind, self.metrics_targets(), self.metrics)
         shown: Mapping[str, Any] | None = (self.body.get("status") or {}).get("counters")
         book = self.memory.book(self.kind.kind, self.metrics)
         totals = book.update(self.key, shown, scraped)

@@ -131,7 +131,7 @@ class ReplicationTask(Integration[ReplicationTaskSpec, ReplicationTaskStatus]):
         """consumed / delivered / failed / deadLettered (summed since the task was created), the latency
         of the messages delivered since the last collection, lastSyncTime when messages were delivered
         meanwhile, replicas. Only fields that should be written."""
-        texts = await scrape_texts(self.metrics_targets())
+        texts = await scrape_texts(self.kind.kind, self.metrics_targets())
         status: Mapping[str, Any] = self.body.get("status") or {}
         shown = {name: status[name] for name in self.metrics if name in status} or None
         book = self.memory.book(self.kind.kind, self.metrics)

@@ -98,7 +98,7 @@ async def resolve_url(client: AsyncClient, namespace: str, spec: FunctionTrigger
 
 
 async def function_reachable(targets: Mapping[str, str], url: str) -> ConditionUpdate:
-    scraped = await scrape_all(targets, FUNCTION_GAUGES)
+    scraped = await scrape_all(FUNCTION_TRIGGER.kind, targets, FUNCTION_GAUGES)
     if scraped:
         reaching = sum(1 for values in scraped.values() if values.get(FUNCTION_REACHABLE, 0) > 0)
         if reaching:

@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from mqtt_operator import metrics
 from mqtt_operator.api.kinds import ACL_POLICY, AUTH_USER, GROUP, MQTT_INSTANCE, VERSION
 from mqtt_operator.controllers.access import AccessSnapshot, SyncReport
 from mqtt_operator.controllers.entries import (
@@ -129,7 +130,9 @@ async def drift_repair(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None
     """Timer: re-check the broker and compare it in full with the declared users and policies."""
     ctx: OperatorContext = memo["ctx"]
     meta = body["metadata"]
-    outcome = await reconcile_instance(body, ctx.client, ctx.pool, ctx.settings)
+    with metrics.ReconcileTimer(MQTT_INSTANCE.kind) as timer:
+        outcome = await reconcile_instance(body, ctx.client, ctx.pool, ctx.settings)
+        timer.result = metrics.reconcile_result(outcome.conditions)
     report = await _sync(ctx, indexes, meta["namespace"], meta["name"])
     if report.failure is None and report.finished_at:
         outcome = Outcome(

@@ -20,7 +20,7 @@ from mqtt_operator.controllers.outcome import Outcome
 from mqtt_operator.controllers.replication import ReplicationTask
 from mqtt_operator.controllers.trigger import FunctionTrigger
 from mqtt_operator.handlers.context import OperatorContext
-from mqtt_operator.handlers.reconcile import is_paused, reconcile_with, record
+from mqtt_operator.handlers.reconcile import reconcile_with, record, run_reconciler
 from mqtt_operator.kube.events import record_event
 from mqtt_operator.kube.status import write_status
 from mqtt_operator.workers.index import WORKER_LABELS, WorkerIndex, pod_entry, statefulset_entry
@@ -68,7 +68,7 @@ def register(kind: type[Integration[Any, Any]], drift_period: float) -> None:
         gone), of what the integration reaches (Kafka, the function, RocketMQ) shows up, and a worker
         object deleted by hand comes back."""
         ctx: OperatorContext = memo["ctx"]
-        outcome = None if is_paused(body) else await reconcile(body, ctx, indexes)
+        outcome = await run_reconciler(reconcile, body, ctx, indexes)
         with contextlib.suppress(kopf.TemporaryError):  # the timer runs again anyway
             await record(ctx, body, outcome)
 

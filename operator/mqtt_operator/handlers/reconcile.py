@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from mqtt_operator import metrics
 from mqtt_operator.api.conditions import Condition, parse_conditions, remove_condition, set_condition
 from mqtt_operator.api.kinds import ALL_KINDS, PAUSE_ANNOTATION, Kind
 from mqtt_operator.controllers.outcome import AT_REST, SPEC_ERRORS, Outcome
@@ -110,7 +111,32 @@ def reconcile_with(reconciler: Reconciler) -> Callable[..., Awaitable[None]]:
 
     async def handler(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
-        outcome = None if is_paused(body) else await reconciler(body, ctx, kwargs)
+        outcome = await run_reconciler(reconciler, body, ctx, kwargs)
         await record(ctx, body, outcome)
 
     return handler
+
+
+async def run_reconciler(
+    reconciler: Reconciler, body: Mapping[str, Any], ctx: OperatorContext, indexes: Mapping[str, Any]
+) -> Outcome | None:
+    """The reconciler's outcome (None when paused), counted and timed in the operator's metrics."""
+    kind = body["kind"]
+    if is_paused(body):
+        metrics.RECONCILES.labels(kind, "paused").inc()
+        return None
+    with metrics.ReconcileTimer(kind) as timer:
+        outcome = await reconciler(body, ctx, indexes)
+        timer.result = metrics.reconcile_result(outcome.conditions)
+    return outcome
+
+
+async def count_object(type: str | None, body: kopf.Body, **_: Any) -> None:
+    """Watch events of every kind: the objects and their Ready status in the operator's metrics."""
+    meta = body.get("metadata") or {}
+    if type == "DELETED":
+        metrics.OBJECTS.gone(body["kind"], meta.get("namespace", ""), meta.get("name", ""))
+    else:
+        metrics.OBJECTS.seen(
+            body["kind"], meta.get("namespace", ""), meta.get("name", ""), metrics.ready_of(body)
+        )

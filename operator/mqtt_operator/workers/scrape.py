@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from mqtt_operator import metrics as operator_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -127,17 +129,21 @@ async def scrape_text(session: aiohttp.ClientSession, address: str) -> str | Non
         return None
 
 
-async def scrape_texts(targets: Mapping[str, str]) -> dict[str, str]:
-    """worker name -> its /metrics text, for every worker of `targets` (name -> host:port) that answered."""
+async def scrape_texts(kind: str, targets: Mapping[str, str]) -> dict[str, str]:
+    """worker name -> its /metrics text, for every worker of `targets` (name -> host:port) that answered;
+    the others are counted in the operator's metrics under `kind` (the workers' owner kind)."""
     if not targets:
         return {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)) as session:
         results = await asyncio.gather(*(scrape_text(session, address) for address in targets.values()))
+    failed = sum(1 for text in results if text is None)
+    if failed:
+        operator_metrics.WORKER_SCRAPE_FAILURES.labels(kind).inc(failed)
     return {name: text for name, text in zip(targets, results, strict=True) if text is not None}
 
 
 async def scrape_all(
-    targets: Mapping[str, str], metrics: Mapping[str, Series] = METRICS
+    kind: str, targets: Mapping[str, str], metrics: Mapping[str, Series] = METRICS
 ) -> dict[str, Counters]:
     """worker name -> its counters, for every worker of `targets` (name -> host:port) that answered."""
-    return {name: parse_counters(text, metrics) for name, text in (await scrape_texts(targets)).items()}
+    return {name: parse_counters(text, metrics) for name, text in (await scrape_texts(kind, targets)).items()}
