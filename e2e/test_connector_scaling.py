@@ -1,4 +1,5 @@
-"""Scaling a KafkaConnector from 1 to 3 workers and back while a car keeps publishing: nothing is lost.
+"""Scaling a KafkaConnector from 1 to 3 workers and back with `kubectl scale` while a car keeps
+publishing: nothing is lost.
 
 Scaling down is the hard part: Mosquitto keeps routing a share of a `$share` group to an offline
 persistent session, so the operator has each surplus worker retire (unsubscribe, drain, end its
@@ -88,12 +89,13 @@ def test_scaling_up_and_down_loses_nothing(cluster: Any, namespace: Namespace) -
     publisher.start()
     try:
         wait_for("messages flowing", lambda: len(sent) > 50, timeout=30)
-        namespace.patch(MQKC, "vehicle-state-to-kafka", {"spec": {"replicas": 3}})
+        # `kubectl scale`, as an HPA or KEDA does it: the scale subresource sets spec.replicas.
+        namespace.cp.kubectl("scale", "-n", ns, f"{MQKC}/vehicle-state-to-kafka", "--replicas", "3")
         wait_for("three ready workers", lambda: _workers(namespace).get("readyReplicas") == 3, timeout=120)
         mark = len(sent)
         wait_for("more messages on three workers", lambda: len(sent) > mark + 100, timeout=60)
 
-        namespace.patch(MQKC, "vehicle-state-to-kafka", {"spec": {"replicas": 1}})
+        namespace.cp.kubectl("scale", "-n", ns, f"{MQKC}/vehicle-state-to-kafka", "--replicas", "1")
         wait_for(
             "back to one worker",
             lambda: (

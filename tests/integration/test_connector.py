@@ -354,6 +354,36 @@ def test_uplink_gets_its_config_workers_and_own_broker_identity(stack: Stack, ka
     )
 
 
+def test_kubectl_scale_drives_the_workers_through_the_scale_subresource(stack: Stack, kafka: Kafka) -> None:
+    """`kubectl scale` (what an HPA or KEDA does) sets spec.replicas; the workers follow; the scale
+    subresource shows the replicas and the workers' label selector."""
+    ns, topic = stack.namespace, f"scaled-{uuid.uuid4().hex[:6]}"
+    create_topic(kafka.bootstrap, topic)
+    stack.apply(uplink("scaled", kafka.bootstrap, topic, replicas=1))
+    wait_for("the workers' StatefulSet", lambda: stack.get("statefulset", "scaled-bridge"), timeout=60)
+    stack.cp.kubectl("scale", "-n", ns, f"{MQKC}/scaled", "--replicas", "3")
+    assert (stack.get(MQKC, "scaled") or {})["spec"]["replicas"] == 3
+    wait_for(
+        "three workers in the StatefulSet",
+        lambda: (stack.get("statefulset", "scaled-bridge") or {})["spec"]["replicas"] == 3,
+        timeout=60,
+    )
+
+    def scale() -> dict[str, Any]:
+        out = stack.cp.kubectl("get", "-n", ns, f"{MQKC}/scaled", "--subresource=scale", "-o", "json").stdout
+        return dict(json.loads(out))
+
+    shown = wait_for(
+        "the selector in the scale subresource", lambda: scale()["status"].get("selector"), timeout=60
+    )
+    assert set(shown.split(",")) == {
+        "app.kubernetes.io/name=kafkaconnector",
+        "app.kubernetes.io/instance=scaled",
+        "app.kubernetes.io/component=bridge",
+    }
+    assert scale()["spec"]["replicas"] == 3
+
+
 def test_downlink_publishes_where_records_say_with_its_consumer_group(stack: Stack, kafka: Kafka) -> None:
     topic = f"mq2mqtt-{uuid.uuid4().hex[:6]}"
     create_topic(kafka.bootstrap, topic)

@@ -71,7 +71,18 @@ def test_names_scope_category_and_version(path: Path) -> None:
     assert "mqtt" in spec["names"]["categories"]
     (version,) = spec["versions"]
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
-    assert version["subresources"] == {"status": {}}
+    if kind in ("KafkaConnector", "FunctionTrigger", "ReplicationTask"):
+        # The worker kinds scale like a Deployment: kubectl scale, an HPA, KEDA.
+        assert version["subresources"] == {
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector",
+            },
+        }
+    else:
+        assert version["subresources"] == {"status": {}}
 
 
 @pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: p.name)

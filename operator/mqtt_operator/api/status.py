@@ -68,6 +68,7 @@ class WorkerStatus(Status):
     connector_user: str | None = None  # the integration's own broker account (with authorization on)
     replicas: int | None = None
     ready_replicas: int | None = None
+    selector: str | None = None  # the workers' label selector, for the scale subresource
 
 
 class ConnectorCounters(Part):

@@ -603,7 +603,9 @@ class Integration(ABC, Generic[SpecT, StatusT]):
 
     def worker_fields(self) -> dict[str, Any]:
         status = (self.previous() or {}).get("status") or {}
+        selector = self.identity.selector_labels(WORKER_COMPONENT)
         return {
             "replicas": int(status.get("replicas") or 0),
             "readyReplicas": int(status.get("readyReplicas") or 0),
+            "selector": ",".join(f"{key}={value}" for key, value in sorted(selector.items())),
         }
