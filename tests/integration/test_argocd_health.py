@@ -259,6 +259,7 @@ def test_live_objects(
         objects = [
             manifest("MqttInstance", "offline", {"listeners": {"mqtt": {"port": 1883}}}),
             manifest("AuthUser", "lost", NOWHERE),
+            manifest("AuthUser", "impostor", {**DEVICES, "username": "mqtt-operator-admin"}),
             manifest("AclPolicy", "lost", {**NOWHERE, "users": ["lost"], "rules": READ}),
             manifest("KafkaConnector", "uplink", connector(kafka.bootstrap)),
             manifest("KafkaConnector", "held", connector(kafka.bootstrap, state="paused")),
@@ -279,6 +280,7 @@ def test_live_objects(
             Case("MqttInstance", "offline", "progressing_brokerUnreachable", retrying),
             Case("AuthUser", "dashboard", "healthy", healthy),
             Case("AuthUser", "lost", "progressing_instanceNotFound", retrying),
+            Case("AuthUser", "impostor", "degraded_conflict", stalled),
             Case("AclPolicy", "dashboard", "healthy", healthy),
             Case("AclPolicy", "lost", "progressing_instanceNotFound", retrying),
             Case("KafkaConnector", "uplink", "healthy", healthy),
