@@ -311,7 +311,7 @@ def test_live_objects(
         # held by the operator's finalizer, a new object gets no status.
         assert s.operator is not None
         s.operator.stop()
-        spec_changes = {
+        spec_changes: dict[str, tuple[str, dict[str, Any]]] = {
             "MqttInstance": ("offline", {"spec": {"replicas": 0}}),
             "AuthUser": ("lost", {"spec": {"description": "changed"}}),
             "AclPolicy": ("lost", {"spec": {"description": "changed"}}),
