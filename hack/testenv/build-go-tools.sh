@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds Kubernetes (the API server, kubectl and the node's components), etcd, helm and kubeconform from
-# source through the Go module proxy.
+# Builds Kubernetes (the API server, kubectl and the node's components), etcd, helm, kubeconform and
+# health-lua (the Argo CD health checks' interpreter) from source through the Go module proxy.
 # Each binary is built once into $TESTENV_DIR/bin; a binary already there with the right version is kept.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -89,6 +89,16 @@ build_helm() {
   build_plain helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$ld" "+k8s1.$minor"
 }
 
+build_health_lua() {
+  # The Argo CD health checks' interpreter (argocd/): our small program on gopher-lua, whose go.mod
+  # and go.sum pin the versions Argo CD uses. Rebuilt when its source changes.
+  local src="$here/health-lua" v
+  v="$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-16)"
+  stamp_ok health-lua "$v" && return 0
+  (cd "$src" && go build -ldflags "-s -w" -o "$bin/health-lua" .)
+  stamp health-lua "$v"
+}
+
 # The cluster's DNS and its default StorageClass, packed into images by hack/images/build.sh.
 build_coredns() { build_plain coredns "$COREDNS_VERSION" github.com/coredns/coredns; }
 build_local_path_provisioner() {
@@ -102,6 +112,7 @@ case "${1:-all}" in
   kubeconform) build_plain kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform ;;
   coredns) build_coredns ;;
   local-path-provisioner) build_local_path_provisioner ;;
+  health-lua) build_health_lua ;;
   all)
     build_etcd
     build_helm
@@ -109,6 +120,7 @@ case "${1:-all}" in
     build_kubernetes
     build_coredns
     build_local_path_provisioner
+    build_health_lua
     ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner|health-lua]" >&2; exit 2 ;;
 esac
