@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds Kubernetes (the API server, kubectl and the node's components), etcd, helm, kubeconform and
-# health-lua (the Argo CD health checks' interpreter) from source through the Go module proxy.
+# health-lua (the Argo CD health checks' interpreter) and kstatus (Flux's status library) from source
+# through the Go module proxy.
 # Each binary is built once into $TESTENV_DIR/bin; a binary already there with the right version is kept.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -99,6 +100,16 @@ build_health_lua() {
   stamp health-lua "$v"
 }
 
+build_kstatus() {
+  # kstatus (sigs.k8s.io/cli-utils), what Flux and kpt compute an object's status with: our small
+  # program on it, whose go.mod and go.sum pin the version. Rebuilt when its source changes.
+  local src="$here/kstatus" v
+  v="$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-16)"
+  stamp_ok kstatus "$v" && return 0
+  (cd "$src" && go build -ldflags "-s -w" -o "$bin/kstatus" .)
+  stamp kstatus "$v"
+}
+
 # The cluster's DNS and its default StorageClass, packed into images by hack/images/build.sh.
 build_coredns() { build_plain coredns "$COREDNS_VERSION" github.com/coredns/coredns; }
 build_local_path_provisioner() {
@@ -113,6 +124,7 @@ case "${1:-all}" in
   coredns) build_coredns ;;
   local-path-provisioner) build_local_path_provisioner ;;
   health-lua) build_health_lua ;;
+  kstatus) build_kstatus ;;
   all)
     build_etcd
     build_helm
@@ -121,6 +133,7 @@ case "${1:-all}" in
     build_coredns
     build_local_path_provisioner
     build_health_lua
+    build_kstatus
     ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner|health-lua]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner|health-lua|kstatus]" >&2; exit 2 ;;
 esac

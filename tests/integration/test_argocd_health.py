@@ -24,6 +24,7 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from hack import argocd_health
 from tests.integration.operator_stack import MetricsServer, Stack, operator_stack
+from tests.integration.test_kstatus import expected_kstatus, kstatus
 
 from mqtt_operator.api.kinds import ALL_KINDS, PAUSE_ANNOTATION
 from mqtt_operator.resources.worker_names import WorkerNames
@@ -332,6 +333,9 @@ def test_live_objects(
             s.apply(manifest(case.kind, "unseen", spec))
             unseen_case = Case(case.kind, "unseen", "progressing_noStatus", unseen)
             captured.append((unseen_case, check(s, unseen_case, timeout=10)))
+    # The same live objects as Flux and kpt see them (tests/integration/test_kstatus.py says why each).
+    for case, obj in captured:
+        assert kstatus(obj)["status"] == expected_kstatus(case.file), (case, kstatus(obj))
     if CAPTURE:
         write_testdata(captured, namespace)
 
