@@ -169,6 +169,7 @@ def test_rendered_chart_passes_kubeconform_strict(
     assert {r["kind"] for r in resources} >= {
         "Deployment",
         "ServiceAccount",
+        "Service",
         "CustomResourceDefinition",
     }
 
@@ -353,7 +354,10 @@ def test_operator_pod_is_locked_down(helm_env: dict[str, str]) -> None:
         "requests": {"cpu": "100m", "memory": "256Mi"},
         "limits": {"memory": "512Mi"},
     }
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in (
