@@ -354,7 +354,13 @@ def test_service_monitor_scrapes_the_operators_metrics_port(helm_env: dict[str, 
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
     (endpoint,) = monitor["spec"]["endpoints"]
     # honorLabels keeps the custom resources' `namespace` on mqtt_operator_objects (files/alerts.yaml).
-    assert endpoint == {"port": "metrics", "path": "/metrics", "honorLabels": True}
+    # job="mqtt-operator" whatever the release's name: MqttOperatorDown looks for it.
+    assert endpoint == {
+        "port": "metrics",
+        "path": "/metrics",
+        "honorLabels": True,
+        "relabelings": [{"targetLabel": "job", "replacement": "mqtt-operator"}],
+    }
     assert service["spec"]["ports"] == [
         {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
     ]
