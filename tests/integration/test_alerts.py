@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import tempfile
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,8 @@ from test_bridge_function import Answer, Call, Function, trigger_config
 from test_bridge_helpers import WorkerProcess, no_drop_broker, paho_publish, wait_for
 
 from testenv.mosquitto import Mosquitto
-from testenv.paths import tool
+from testenv.paths import run_dir, tool
+from testenv.process import Server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +152,122 @@ def test_worker_metrics_pass_promtool_check_metrics(broker: Mosquitto, flaky_fun
     assert used <= metric_names(exposition), (
         f"not exported by the worker: {sorted(used - metric_names(exposition))}"
     )
+
+
+# --- a real Prometheus ---------------------------------------------------------------------------------
+
+
+class Prometheus:
+    """The test environment's prometheus server on a loopback port, with `config` and its own TSDB."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="prometheus-", dir=run_dir()))
+        self.port = free_port()
+        (self.root / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.server = Server(
+            "prometheus",
+            [
+                tool("prometheus"),
+                f"--config.file={self.root / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.root / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            self.root / "prometheus.log",
+        )
+
+    def start(self) -> Prometheus:
+        self.server.start()
+        self.server.wait_until(lambda: self.get("/-/ready") is not None, 60, "ready (/-/ready)")
+        return self
+
+    def get(self, path: str, **params: str) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}{query}", timeout=5) as resp:
+            body = resp.read().decode()
+        return json.loads(body) if path.startswith("/api/") else body
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def rejecting_function() -> Iterator[Function]:
+    """Answers 400 to every call: each message fails for good at once."""
+    fn = Function(lambda _call: Answer(status=400)).start()
+    yield fn
+    fn.close()
+
+
+def test_prometheus_scrapes_a_worker_and_fires_an_alert(
+    broker: Mosquitto, rejecting_function: Function
+) -> None:
+    """The built prometheus server loads files/alerts.yaml, scrapes a real FunctionTrigger worker that
+    drops what its function refuses (no dead-letter topic), and MqttMessagesDropped fires with the labels
+    the PodMonitor would add; every rule evaluates without error against real series."""
+    worker = WorkerProcess(trigger_config(broker, rejecting_function)).start()
+    target = {
+        "namespace": "iot",
+        "pod": "calls-trigger-0",
+        "owner_kind": "functiontrigger",
+        "owner_name": "calls",
+    }
+    prometheus = Prometheus(
+        {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [
+                {
+                    "job_name": "workers",
+                    "static_configs": [{"targets": [f"127.0.0.1:{worker.port}"], "labels": target}],
+                }
+            ],
+        }
+    )
+    try:
+        prometheus.start()
+        # A counter Prometheus first sees at 3 has no increase: let it see the 0 first.
+        wait_for(
+            "the worker scraped",
+            lambda: prometheus.get("/api/v1/query", query='bridge_dropped_total{owner_name="calls"} == 0')[
+                "data"
+            ]["result"],
+            30,
+        )
+        paho_publish(broker.port, [(f"vehicles/car-{i}/state", b"{}", {}) for i in range(3)])
+        wait_for(
+            "3 dropped", lambda: worker.metric("bridge_dropped_total", direction="mqtt_to_function") == 3
+        )
+
+        def firing() -> list[dict[str, Any]]:
+            alerts = prometheus.get("/api/v1/alerts")["data"]["alerts"]
+            return [
+                a
+                for a in alerts
+                if a["state"] == "firing" and a["labels"]["alertname"] == "MqttMessagesDropped"
+            ]
+
+        (alert,) = wait_for("MqttMessagesDropped firing", firing, 60, interval=0.5)
+        assert alert["labels"] == {
+            "alertname": "MqttMessagesDropped",
+            "severity": "critical",
+            "namespace": "iot",
+            "owner_kind": "functiontrigger",
+            "owner_name": "calls",
+            "direction": "mqtt_to_function",
+        }
+        assert (
+            alert["annotations"]["summary"]
+            == "functiontrigger iot/calls is losing messages (mqtt_to_function)"
+        )
+
+        def rules() -> list[dict[str, Any]]:
+            groups = prometheus.get("/api/v1/rules")["data"]["groups"]
+            return [rule for group in groups for rule in group["rules"]]
+
+        wait_for("every rule evaluated", lambda: all(r["health"] != "unknown" for r in rules()), 30)
+        assert len(rules()) == len(alerts())
+        broken = {r["name"]: r.get("lastError") for r in rules() if r["health"] != "ok"}
+        assert not broken, broken
+    finally:
+        prometheus.stop()
+        worker.stop()
