@@ -37,3 +37,13 @@ def run_dir() -> Path:
     """The folder under which every started component keeps its data and log."""
     RUN.mkdir(parents=True, exist_ok=True)
     return RUN
+
+
+def monitoring_crds() -> Path:
+    """The Prometheus Operator's ServiceMonitor, PodMonitor and PrometheusRule CRDs (YAML files)."""
+    found = TESTENV_DIR / "crds" / "monitoring.coreos.com"
+    if not any(found.glob("*.yaml")):
+        raise FileNotFoundError(
+            f"no monitoring CRDs in {found}: run `bash hack/testenv/build-go-tools.sh monitoring-crds`"
+        )
+    return found

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Kubernetes (the API server, kubectl and the node's components), etcd, helm, kubeconform and
-# health-lua (the Argo CD health checks' interpreter) and kstatus (Flux's status library) from source
-# through the Go module proxy.
+# health-lua (the Argo CD health checks' interpreter), kstatus (Flux's status library) and Prometheus
+# (promtool and the server) from source through the Go module proxy, and takes the Prometheus
+# Operator's CRDs from its module.
 # Each binary is built once into $TESTENV_DIR/bin; a binary already there with the right version is kept.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -116,6 +117,36 @@ build_local_path_provisioner() {
   build_plain local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" github.com/rancher/local-path-provisioner
 }
 
+build_prometheus() {
+  # The module's v0.316.0 is Prometheus 3.16.0; the version is stamped so `promtool --version` says so.
+  # The server is built without the `builtinassets` tag: the web UI's compiled assets are not in the
+  # module (they come from an npm build), so it answers its API and /metrics but serves no UI.
+  local v="$PROMETHEUS_VERSION" c missing=0
+  for c in promtool prometheus; do stamp_ok "$c" "$v" || missing=1; done
+  [ "$missing" = 0 ] && return 0
+  local n="${v#v0.}" release
+  release="$((${n%%.*} / 100)).$((${n%%.*} % 100)).${n#*.}"
+  local ld="-s -w -X github.com/prometheus/common/version.Version=$release"
+  ld="$ld -X github.com/prometheus/common/version.Revision=$v -X github.com/prometheus/common/version.Branch=HEAD"
+  GOBIN="$bin" go install -ldflags "$ld" \
+    "github.com/prometheus/prometheus/cmd/promtool@$v" "github.com/prometheus/prometheus/cmd/prometheus@$v"
+  for c in promtool prometheus; do stamp "$c" "$v"; done
+}
+
+fetch_monitoring_crds() {
+  # The Prometheus Operator's ServiceMonitor, PodMonitor and PrometheusRule CRDs, from its module's zip
+  # (example/prometheus-operator-crd/): the chart test applies them to the test API server so that
+  # kubeconform validates the chart's monitoring objects against their schemas. Nothing is built.
+  local v="$PROMETHEUS_OPERATOR_VERSION" out="$TESTENV_DIR/crds/monitoring.coreos.com" dir k
+  [ "$(cat "$out/.version" 2>/dev/null)" = "$v" ] && return 0
+  dir="$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$v" | awk -F'"' '/"Dir"/{print $4}')"
+  rm -rf "$out" && mkdir -p "$out"
+  for k in servicemonitors podmonitors prometheusrules; do
+    install -m 644 "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$k.yaml" "$out/"
+  done
+  echo "$v" > "$out/.version"
+}
+
 case "${1:-all}" in
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
@@ -125,6 +156,8 @@ case "${1:-all}" in
   local-path-provisioner) build_local_path_provisioner ;;
   health-lua) build_health_lua ;;
   kstatus) build_kstatus ;;
+  prometheus) build_prometheus ;;
+  monitoring-crds) fetch_monitoring_crds ;;
   all)
     build_etcd
     build_helm
@@ -134,6 +167,8 @@ case "${1:-all}" in
     build_local_path_provisioner
     build_health_lua
     build_kstatus
+    build_prometheus
+    fetch_monitoring_crds
     ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner|health-lua|kstatus]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner|health-lua|kstatus|prometheus|monitoring-crds]" >&2; exit 2 ;;
 esac

@@ -136,6 +136,12 @@ class WorkerProcess:
     def ready(self) -> bool:
         return self._get("/readyz")[0] == 200
 
+    def scrape(self) -> str:
+        """The worker's /metrics text."""
+        status, text = self._get("/metrics")
+        assert status == 200, f"/metrics answered {status}: {text}"
+        return text
+
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples named `name` whose labels include `labels`."""
         _, text = self._get("/metrics")

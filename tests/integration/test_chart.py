@@ -15,8 +15,11 @@ import pytest
 import yaml
 from hack import kubeconform_schemas
 
+from mqtt_operator.api.kinds import FUNCTION_TRIGGER, KAFKA_CONNECTOR, REPLICATION_TASK
+from mqtt_operator.resources import meta
+from mqtt_operator.resources.worker_names import WORKER_COMPONENT
 from testenv.kube import ControlPlane
-from testenv.paths import tool, versions
+from testenv.paths import monitoring_crds, tool, versions
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +30,17 @@ RELEASE_NAMESPACE = "mqtt-system"
 KEEP = "helm.sh/resource-policy"
 OUR_KINDS = ("MqttInstance", "AuthUser", "AclPolicy", "KafkaConnector", "ReplicationTask", "FunctionTrigger")
 CLUSTER_WIDE = ["--set", "rbac.clusterWide=true"]
+MONITORING_API = ["--api-versions", "monitoring.coreos.com/v1"]
+MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+MONITORING_ON = [
+    "--set",
+    "monitoring.serviceMonitor.enabled=true",
+    "--set",
+    "monitoring.podMonitor.enabled=true",
+    "--set",
+    "monitoring.prometheusRule.enabled=true",
+]
+ALERTS = CHART / "files" / "alerts.yaml"
 
 Manifest = dict[str, Any]
 
@@ -111,16 +125,33 @@ def test_helm_lint_strict_passes(helm_env: dict[str, str], values: list[str]) ->
 
 
 @pytest.fixture(scope="module")
-def kubeconform_schema_dir(crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Strict kubeconform schemas converted from the real API server's /openapi/v2, our kinds included."""
+def monitoring_crds_installed(crds_installed: ControlPlane) -> ControlPlane:
+    """The Prometheus Operator's CRDs (ServiceMonitor, PodMonitor, PrometheusRule) applied and Established,
+    so that /openapi/v2 has their schemas; no Prometheus Operator runs."""
+    crds = str(monitoring_crds())
+    crds_installed.kubectl("apply", "--server-side", "-f", crds)
+    crds_installed.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", crds)
+    return crds_installed
+
+
+@pytest.fixture(scope="module")
+def kubeconform_schema_dir(
+    monitoring_crds_installed: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Strict kubeconform schemas converted from the real API server's /openapi/v2, our kinds and the
+    monitoring kinds included."""
     out = tmp_path_factory.mktemp("kubeconform-schemas")
     wanted = {
         kubeconform_schemas.schema_file_name("mqtt-operator.io", "v1alpha1", kind) for kind in OUR_KINDS
+    } | {
+        kubeconform_schemas.schema_file_name("monitoring.coreos.com", "v1", kind) for kind in MONITORING_KINDS
     }
     deadline = time.monotonic() + 60
     while True:
         # The API server publishes a new CRD's schema a moment after the CRD is Established.
-        openapi = json.loads(crds_installed.kubectl("get", "--raw", "/openapi/v2", timeout=120).stdout)
+        openapi = json.loads(
+            monitoring_crds_installed.kubectl("get", "--raw", "/openapi/v2", timeout=120).stdout
+        )
         written = {path.name for path in kubeconform_schemas.write(openapi, out)}
         if wanted <= written or time.monotonic() > deadline:
             break
@@ -169,8 +200,53 @@ def test_rendered_chart_passes_kubeconform_strict(
     assert {r["kind"] for r in resources} >= {
         "Deployment",
         "ServiceAccount",
+        "Service",
         "CustomResourceDefinition",
     }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], CLUSTER_WIDE, ["--set", "monitoring.podMonitor.brokerExporter.enabled=true"]],
+    ids=["namespaced", "cluster-wide", "broker-exporter"],
+)
+def test_monitoring_objects_pass_kubeconform_strict(
+    helm_env: dict[str, str], kubeconform_schema_dir: Path, values: list[str]
+) -> None:
+    """With the API and the values on, the three objects render and match the Prometheus Operator's CRDs."""
+    manifests = template(
+        helm_env,
+        *MONITORING_API,
+        *MONITORING_ON,
+        "--set",
+        "monitoring.serviceMonitor.interval=30s",
+        "--set",
+        "monitoring.podMonitor.interval=1m",
+        "--set",
+        "monitoring.prometheusRule.labels.release=prometheus",
+        *values,
+    ).stdout
+    returncode, report = kubeconform(kubeconform_schema_dir, manifests, helm_env)
+    resources = [r for r in report["resources"] if r["kind"] or r["status"]]
+    problems = [r for r in resources if r["status"] != "statusValid"]
+    assert returncode == 0 and not problems, json.dumps(problems, indent=2)
+    assert report["summary"]["skipped"] == 0, report["summary"]
+    kinds = [r["kind"] for r in resources]
+    assert all(kinds.count(kind) == 1 for kind in MONITORING_KINDS), kinds
+
+
+def test_kubeconform_checks_the_monitoring_objects(
+    helm_env: dict[str, str], kubeconform_schema_dir: Path
+) -> None:
+    """A misspelt PodMonitor field must fail: the monitoring schemas are strict too."""
+    manifests = template(helm_env, *MONITORING_API, *MONITORING_ON).stdout
+    assert "podMetricsEndpoints:" in manifests
+    returncode, report = kubeconform(
+        kubeconform_schema_dir, manifests.replace("podMetricsEndpoints:", "podMetricEndpoints:"), helm_env
+    )
+    assert returncode != 0
+    assert report["summary"]["invalid"] == 1
+    assert any("podMetricEndpoints" in r["msg"] for r in report["resources"])
 
 
 def test_kubeconform_schemas_are_strict(helm_env: dict[str, str], kubeconform_schema_dir: Path) -> None:
@@ -225,12 +301,127 @@ def test_crds_keep_sets_the_keep_annotation(helm_env: dict[str, str], keep: bool
         ("image.tga=v1", "tga"),
         ("serviceAccount.annotation.a=b", "annotation"),
         ("logLevel=verbose", "logLevel"),
+        ("monitoring.serviceMonitor.enable=true", "enable"),
+        ("monitoring.podMonitor.interval=30", "interval"),
     ],
 )
 def test_values_schema_rejects_typos(helm_env: dict[str, str], setting: str, named: str) -> None:
     proc = template(helm_env, "--set", setting, check=False)
     assert proc.returncode != 0, f"--set {setting} was accepted"
     assert "schema" in proc.stderr and named in proc.stderr, proc.stderr
+
+
+# --- monitoring ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [MONITORING_ON, MONITORING_API],
+    ids=["values-without-api", "api-without-values"],
+)
+def test_monitoring_objects_need_the_api_and_the_values(helm_env: dict[str, str], args: list[str]) -> None:
+    manifests = rendered(helm_env, *args)
+    assert not [m for m in manifests if m["kind"] in MONITORING_KINDS]
+    # The metrics Service is always there: it costs nothing and any scraper can use it.
+    assert only(manifests, "Service")["metadata"]["name"] == "mqtt-mqtt-operator-metrics"
+
+
+def test_each_monitoring_object_has_its_own_switch(helm_env: dict[str, str]) -> None:
+    for on, kind in zip(MONITORING_ON[1::2], MONITORING_KINDS, strict=True):
+        manifests = rendered(helm_env, *MONITORING_API, "--set", on)
+        assert [m["kind"] for m in manifests if m["kind"] in MONITORING_KINDS] == [kind]
+
+
+def matches(selector: Manifest, labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels and matchExpressions with In) against an object's labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In", expr
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def test_service_monitor_scrapes_the_operators_metrics_port(helm_env: dict[str, str]) -> None:
+    manifests = rendered(
+        helm_env, *MONITORING_API, *MONITORING_ON, "--set", "monitoring.serviceMonitor.labels.release=kps"
+    )
+    monitor = only(manifests, "ServiceMonitor")
+    service = only(manifests, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert matches(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    # honorLabels keeps the custom resources' `namespace` on mqtt_operator_objects (files/alerts.yaml).
+    # job="mqtt-operator" whatever the release's name: MqttOperatorDown looks for it.
+    assert endpoint == {
+        "port": "metrics",
+        "path": "/metrics",
+        "honorLabels": True,
+        "relabelings": [{"targetLabel": "job", "replacement": "mqtt-operator"}],
+    }
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    pod = only(manifests, "Deployment")["spec"]["template"]
+    assert matches({"matchLabels": service["spec"]["selector"]}, pod["metadata"]["labels"])
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in pod["spec"]["containers"][0][
+        "ports"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "namespaces"),
+    [
+        ([], {"matchNames": [RELEASE_NAMESPACE]}),
+        (["--set", "watchNamespaces={team-a,team-b}"], {"matchNames": ["team-a", "team-b"]}),
+        (CLUSTER_WIDE, {"any": True}),
+    ],
+    ids=["namespaced", "two-namespaces", "cluster-wide"],
+)
+def test_pod_monitor_selects_the_workers_where_the_operator_watches(
+    helm_env: dict[str, str], values: list[str], namespaces: Manifest
+) -> None:
+    monitor = only(rendered(helm_env, *MONITORING_API, *MONITORING_ON, *values), "PodMonitor")
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == namespaces
+    # The labels the operator's builders put on worker Pods (resources/meta.py), not a copy of them.
+    for kind in (KAFKA_CONNECTOR.kind, FUNCTION_TRIGGER.kind, REPLICATION_TASK.kind):
+        worker = meta.labels(kind, "vehicles", WORKER_COMPONENT, include_version=False)
+        assert matches(spec["selector"], worker), kind
+    assert not matches(spec["selector"], meta.labels("MqttInstance", "devices", "broker"))
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    # owner_kind/owner_name name the custom resource in every worker series (files/alerts.yaml).
+    assert endpoint["relabelings"] == [
+        {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"], "targetLabel": "owner_kind"},
+        {
+            "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+            "targetLabel": "owner_name",
+        },
+    ]
+
+
+def test_pod_monitor_broker_exporter_hook(helm_env: dict[str, str]) -> None:
+    spec = only(
+        rendered(
+            helm_env,
+            *MONITORING_API,
+            *MONITORING_ON,
+            "--set",
+            "monitoring.podMonitor.brokerExporter.enabled=true",
+        ),
+        "PodMonitor",
+    )["spec"]
+    assert matches(spec["selector"], meta.labels("MqttInstance", "devices", "broker"))
+    assert [e["port"] for e in spec["podMetricsEndpoints"]] == ["metrics", "exporter"]
+
+
+def test_prometheus_rule_is_the_alerts_file(helm_env: dict[str, str]) -> None:
+    """One source: the PrometheusRule's spec is files/alerts.yaml as promtool reads it."""
+    rule = only(rendered(helm_env, *MONITORING_API, *MONITORING_ON), "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(ALERTS.read_text())
 
 
 def operator_args(manifests: list[Manifest]) -> list[str]:
@@ -353,7 +544,10 @@ def test_operator_pod_is_locked_down(helm_env: dict[str, str]) -> None:
         "requests": {"cpu": "100m", "memory": "256Mi"},
         "limits": {"memory": "512Mi"},
     }
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in (

@@ -23,6 +23,16 @@ def test_api_server_reports_the_pinned_version(control_plane: ControlPlane) -> N
     assert client["clientVersion"]["gitVersion"] == versions()["KUBERNETES_VERSION"]
 
 
+@pytest.mark.parametrize("binary", ["promtool", "prometheus"])
+def test_prometheus_binaries_report_the_pinned_version(binary: str) -> None:
+    """Prometheus 3.x is the module's v0.3XX.Y: v0.316.0 must say 3.16.0."""
+    minor_patch = versions()["PROMETHEUS_VERSION"].removeprefix("v0.")
+    major_minor, patch = minor_patch.split(".", 1)
+    release = f"{int(major_minor) // 100}.{int(major_minor) % 100}.{patch}"
+    out = subprocess.run([tool(binary), "--version"], capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout.startswith(f"{binary}, version {release} "), out.stdout
+
+
 def test_rbac_is_enforced_for_users_without_grants(control_plane: ControlPlane) -> None:
     assert control_plane.kubectl("auth", "can-i", "create", "deployments").stdout.strip() == "yes"
     denied = control_plane.kubectl("auth", "can-i", "create", "deployments", "--as", "nobody", check=False)

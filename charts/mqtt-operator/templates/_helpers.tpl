@@ -147,3 +147,30 @@ watchNamespaces, or the release namespace when it is empty.
   resources: [services]
   verbs: [get]
 {{- end }}
+
+{{/* The Service in front of the operator's /metrics; the suffix survives the cut to 63. */}}
+{{- define "mqtt-operator.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "mqtt-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The labels of a monitoring object: common labels and the object's own (e.g. the `release` label a
+Prometheus selects its monitors and rules by), the standard labels on top.
+Called with (dict "root" $ "extra" .Values.monitoring.<object>.labels).
+*/}}
+{{- define "mqtt-operator.monitoringLabels" -}}
+{{- $standard := include "mqtt-operator.standardLabels" .root | fromYaml }}
+{{- toYaml (merge $standard (.extra | default dict) (.root.Values.commonLabels | default dict)) }}
+{{- end }}
+
+{{/*
+A worker's (or broker's) series name the custom resource it belongs to: owner_kind (kafkaconnector,
+functiontrigger, replicationtask, mqttinstance) and owner_name, from the Pod's labels. Not `kind` and
+`name`: bridge_failed_total has a `kind` label of its own.
+*/}}
+{{- define "mqtt-operator.ownerRelabelings" -}}
+- sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_name]
+  targetLabel: owner_kind
+- sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_instance]
+  targetLabel: owner_name
+{{- end }}
