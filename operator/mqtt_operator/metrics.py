@@ -74,22 +74,24 @@ WORKER_SCRAPE_FAILURES = Counter(
 PER_OBJECT_KINDS = frozenset({"MqttInstance", "KafkaConnector", "ReplicationTask", "FunctionTrigger"})
 
 
-def ready_of(body: Any) -> str:
-    """The Ready condition's status of an object body: "True", "False" or "Unknown" (none yet)."""
+def ready_of(body: Any) -> tuple[str, str]:
+    """The Ready condition of an object body: (status "True"/"False"/"Unknown", reason); Unknown and no
+    reason before the operator wrote one."""
     for condition in (body.get("status") or {}).get("conditions") or ():
         if condition.get("type") == "Ready":
-            return str(condition.get("status", "Unknown"))
-    return "Unknown"
+            return str(condition.get("status", "Unknown")), str(condition.get("reason") or "")
+    return "Unknown", ""
 
 
 class ObjectsCollector(Collector):
     """The objects the watch streams last showed: counted per kind, namespace and Ready status, and a
-    0/1 Ready series per object of PER_OBJECT_KINDS."""
+    0/1 Ready series per object of PER_OBJECT_KINDS with Ready's reason (an alert names the object, says
+    why, and leaves out the objects at rest: Paused, Stopped, Disabled)."""
 
     def __init__(self) -> None:
-        self._ready: dict[tuple[str, str, str], str] = {}
+        self._ready: dict[tuple[str, str, str], tuple[str, str]] = {}
 
-    def seen(self, kind: str, namespace: str, name: str, ready: str) -> None:
+    def seen(self, kind: str, namespace: str, name: str, ready: tuple[str, str]) -> None:
         self._ready[(kind, namespace, name)] = ready
 
     def gone(self, kind: str, namespace: str, name: str) -> None:
@@ -99,14 +101,15 @@ class ObjectsCollector(Collector):
         counts: dict[tuple[str, str, str], int] = {}
         per_object = GaugeMetricFamily(
             "mqtt_operator_object_ready",
-            "1 when the object's Ready condition is True, else 0 (MqttInstance and the worker kinds)",
-            labels=["kind", "namespace", "name"],
+            "1 when the object's Ready condition is True, else 0; reason is Ready's (MqttInstance and the "
+            "worker kinds)",
+            labels=["kind", "namespace", "name", "reason"],
         )
-        for (kind, namespace, name), ready in sorted(self._ready.items()):
+        for (kind, namespace, name), (ready, reason) in sorted(self._ready.items()):
             key = (kind, namespace, ready)
             counts[key] = counts.get(key, 0) + 1
             if kind in PER_OBJECT_KINDS:
-                per_object.add_metric([kind, namespace, name], 1.0 if ready == "True" else 0.0)
+                per_object.add_metric([kind, namespace, name, reason], 1.0 if ready == "True" else 0.0)
         objects = GaugeMetricFamily(
             "mqtt_operator_objects",
             "Objects of each kind the operator watches, by namespace and Ready status (True, False, Unknown)",

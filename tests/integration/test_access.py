@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from testenv.device import NOT_AUTHORIZED, Device, connects
 from testenv.kube import ControlPlane
 from testenv.mosquitto import Mosquitto, from_rendered, init_dynsec
 from testenv.operator import OperatorProcess
+from testenv.paths import tool
 from testenv.process import free_port
 
 pytestmark = pytest.mark.integration
@@ -453,7 +455,7 @@ def test_metrics_and_progress_conditions_follow_the_objects(stack: Stack) -> Non
     )
     instance_ready = (
         "mqtt_operator_object_ready",
-        (("kind", "MqttInstance"), ("name", "devices"), ("namespace", ns)),
+        (("kind", "MqttInstance"), ("name", "devices"), ("namespace", ns), ("reason", "BrokerReady")),
     )
     assert samples[instance_ready] == 1
     # Accounts are only counted: thousands of them must not make thousands of series.
@@ -461,6 +463,11 @@ def test_metrics_and_progress_conditions_follow_the_objects(stack: Stack) -> Non
         name == "mqtt_operator_object_ready" and ("kind", "AuthUser") in labels for name, labels in samples
     )
     assert samples[("process_resident_memory_bytes", ())] > 0
+    # Prometheus's own linter on the real exposition (names, units, suffixes, help texts).
+    lint = subprocess.run(
+        [tool("promtool"), "check", "metrics"], input=operator.metrics_text(), capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
     stack.cp.kubectl("delete", "-n", ns, MQU, "lost-2", "--timeout=60s")
     wait_for("a deleted object to leave /metrics", lambda: objects("False") == 2)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 
 def kstatus(obj: dict[str, Any]) -> dict[str, str]:
-    """kstatus's answer for `obj`: {"status": "Current"|"InProgress"|"Failed"|"Terminating"|..., "message"}."""
+    """kstatus's answer for `obj`: {"status": "Current", "InProgress", "Failed" ..., "message": ...}."""
     proc = subprocess.run(
         [tool("kstatus"), "-"], input=json.dumps(obj), capture_output=True, text=True, timeout=30
     )
