@@ -121,9 +121,11 @@ def instance() -> dict[str, Any]:
 
 
 @contextmanager
-def operator_stack(cp: ControlPlane, namespace: str, worker_metrics: dict[str, str]) -> Iterator[Stack]:
-    """The operator (its workers' /metrics at `worker_metrics`: object name -> host:port), the
-    instance `devices` and its broker, until the block ends."""
+def operator_stack(
+    cp: ControlPlane, namespace: str, worker_metrics: dict[str, str], drift_period: float = DRIFT_PERIOD
+) -> Iterator[Stack]:
+    """The operator (its workers' /metrics at `worker_metrics`: object name -> host:port; its periodic
+    re-checks every `drift_period` seconds), the instance `devices` and its broker, until the block ends."""
     s = Stack(cp, namespace, free_port())
     metrics_args: list[str] = []
     for name, address in worker_metrics.items():
@@ -136,7 +138,7 @@ def operator_stack(cp: ControlPlane, namespace: str, worker_metrics: dict[str, s
                 "--broker-address",
                 f"{namespace}/devices=127.0.0.1:{s.port}",
                 "--drift-period",
-                str(DRIFT_PERIOD),
+                str(drift_period),
                 "--worker-image",
                 "registry.example/mqtt-operator:test",
                 *metrics_args,

@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from tests.integration.operator_stack import operator_stack
 from tests.integration.test_bridge_helpers import Subscriber
 
 from mqtt_operator.broker.errors import BrokerAuthFailed
@@ -382,6 +383,38 @@ def test_kubectl_scale_drives_the_workers_through_the_scale_subresource(stack: S
         "app.kubernetes.io/component=bridge",
     }
     assert scale()["spec"]["replicas"] == 3
+
+
+def test_ready_message_follows_the_workers_statefulset_not_a_timer(
+    crds_installed: ControlPlane, namespace: str, kafka: Kafka
+) -> None:
+    """The workers becoming ready (here: the StatefulSet's status, as the kubelet's Pods would make the
+    StatefulSet controller write it) shows in status.readyReplicas and in the Ready message that counts
+    them. The periodic re-check is an hour away, so only the StatefulSet's watch event can do it."""
+    topic = f"counted-{uuid.uuid4().hex[:6]}"
+    create_topic(kafka.bootstrap, topic)
+    with operator_stack(crds_installed, namespace, {}, drift_period=3600) as s:
+        s.apply(uplink("fleet", kafka.bootstrap, topic, replicas=2))
+        first = s.wait_condition(MQKC, "fleet", "True", "Running")
+        assert first["message"].endswith("0 ready")
+        s.cp.kubectl(
+            "patch",
+            "-n",
+            namespace,
+            "statefulset",
+            "fleet-bridge",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}}),
+        )
+        wait_for(
+            "the Ready message to count two ready workers",
+            lambda: (s.condition(MQKC, "fleet", "Ready") or {}).get("message", "").endswith("2 ready"),
+            timeout=60,
+        )
+        shown = s.status(MQKC, "fleet")
+        assert (shown["replicas"], shown["readyReplicas"]) == (2, 2)
 
 
 def test_downlink_publishes_where_records_say_with_its_consumer_group(stack: Stack, kafka: Kafka) -> None:

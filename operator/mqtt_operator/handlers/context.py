@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from lightkube import AsyncClient
@@ -19,3 +20,12 @@ class OperatorContext:
     pool: BrokerPool
     access: AccessSync
     integrations: Memory = field(default_factory=Memory)  # the integrations' counters, latency ...
+    # One reconcile at a time per object: kopf serializes its change handlers, but the timers and the
+    # workers' StatefulSet events reconcile the same object from other tasks.
+    reconciling: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
+        return self.reconciling.setdefault((kind, namespace, name), asyncio.Lock())
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        self.reconciling.pop((kind, namespace, name), None)

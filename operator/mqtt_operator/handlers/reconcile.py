@@ -125,17 +125,22 @@ async def run_reconciler(
     if is_paused(body):
         metrics.RECONCILES.labels(kind, "paused").inc()
         return None
-    with metrics.ReconcileTimer(kind) as timer:
-        outcome = await reconciler(body, ctx, indexes)
-        timer.result = metrics.reconcile_result(outcome.conditions)
+    meta = body["metadata"]
+    async with ctx.lock(kind, meta.get("namespace", ""), meta["name"]):
+        with metrics.ReconcileTimer(kind) as timer:
+            outcome = await reconciler(body, ctx, indexes)
+            timer.result = metrics.reconcile_result(outcome.conditions)
     return outcome
 
 
-async def count_object(type: str | None, body: kopf.Body, **_: Any) -> None:
+async def count_object(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Watch events of every kind: the objects and their Ready status in the operator's metrics."""
     meta = body.get("metadata") or {}
     if type == "DELETED":
         metrics.OBJECTS.gone(body["kind"], meta.get("namespace", ""), meta.get("name", ""))
+        ctx: OperatorContext | None = memo.get("ctx")
+        if ctx is not None:
+            ctx.forget(body["kind"], meta.get("namespace", ""), meta.get("name", ""))
     else:
         metrics.OBJECTS.seen(
             body["kind"], meta.get("namespace", ""), meta.get("name", ""), metrics.ready_of(body)

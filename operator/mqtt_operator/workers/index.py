@@ -18,8 +18,8 @@ from mqtt_operator.resources.worker_names import WORKER_COMPONENT
 
 # Only the operator's worker objects are watched and indexed.
 WORKER_LABELS = {"app.kubernetes.io/component": WORKER_COMPONENT, "app.kubernetes.io/managed-by": MANAGED_BY}
-_KIND_LABEL = "app.kubernetes.io/name"
-_INSTANCE_LABEL = "app.kubernetes.io/instance"
+KIND_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def pod_entry(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, A
     if body.get("metadata", {}).get("deletionTimestamp"):
         return {}
     return {
-        (namespace, labels.get(_KIND_LABEL), labels.get(_INSTANCE_LABEL)): RunningPod(name, status["podIP"])
+        (namespace, labels.get(KIND_LABEL), labels.get(INSTANCE_LABEL)): RunningPod(name, status["podIP"])
     }
 
 
@@ -72,5 +72,5 @@ class WorkerIndex:
 
     def running_pods(self, namespace: str, selector: Mapping[str, str]) -> dict[str, str]:
         """Pod name -> IP of the running Pods of the owner `selector` names."""
-        key = (namespace, selector.get(_KIND_LABEL), selector.get(_INSTANCE_LABEL))
+        key = (namespace, selector.get(KIND_LABEL), selector.get(INSTANCE_LABEL))
         return {pod.name: pod.ip for pod in self._pods.get(key, ())}
