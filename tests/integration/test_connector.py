@@ -385,7 +385,7 @@ def test_kubectl_scale_drives_the_workers_through_the_scale_subresource(stack: S
     assert scale()["spec"]["replicas"] == 3
 
 
-def test_ready_message_follows_the_workers_statefulset_not_a_timer(
+def test_status_follows_the_statefulsets_not_a_timer(
     crds_installed: ControlPlane, namespace: str, kafka: Kafka
 ) -> None:
     """The workers becoming ready (here: the StatefulSet's status, as the kubelet's Pods would make the
@@ -415,6 +415,21 @@ def test_ready_message_follows_the_workers_statefulset_not_a_timer(
         )
         shown = s.status(MQKC, "fleet")
         assert (shown["replicas"], shown["readyReplicas"]) == (2, 2)
+
+        # The same for the broker's StatefulSet and its MqttInstance.
+        assert s.status(MQI, "devices").get("readyReplicas", 0) == 0
+        s.cp.kubectl(
+            "patch",
+            "-n",
+            namespace,
+            "statefulset",
+            "devices",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1}}),
+        )
+        wait_for("the instance's ready replicas", lambda: s.status(MQI, "devices").get("readyReplicas") == 1)
 
 
 def test_downlink_publishes_where_records_say_with_its_consumer_group(stack: Stack, kafka: Kafka) -> None:

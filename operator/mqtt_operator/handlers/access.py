@@ -24,7 +24,12 @@ from mqtt_operator.controllers.entries import (
 from mqtt_operator.controllers.instance import reconcile_instance
 from mqtt_operator.controllers.outcome import Outcome, not_ready
 from mqtt_operator.handlers.context import OperatorContext
-from mqtt_operator.handlers.reconcile import reconcile_with, record
+from mqtt_operator.handlers.reconcile import is_paused, reconcile_with, record
+from mqtt_operator.kube.apply import get
+from mqtt_operator.kube.client import resource
+from mqtt_operator.kube.status import write_status
+from mqtt_operator.resources.identity import BROKER_COMPONENT
+from mqtt_operator.resources.meta import MANAGED_BY
 
 log = logging.getLogger(__name__)
 # Failures that mean there is nothing left in a broker to clean up: deletion goes ahead.
@@ -167,6 +172,26 @@ async def secret_changed(
         await _sync(ctx, indexes, namespace, instance)
 
 
+BROKER_LABELS = {"app.kubernetes.io/component": BROKER_COMPONENT, "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+async def broker_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Watch events of the brokers' StatefulSets: an MqttInstance's `status.readyReplicas` follows its
+    broker Pods at once rather than at the next drift repair."""
+    meta = body.get("metadata") or {}
+    name = (meta.get("labels") or {}).get("app.kubernetes.io/instance")
+    if type == "DELETED" or not name:
+        return
+    ctx: OperatorContext = memo["ctx"]
+    owner = await get(ctx.client, resource(MQTT_INSTANCE), meta["namespace"], name)
+    if owner is None or owner["metadata"].get("deletionTimestamp") or is_paused(owner):
+        return
+    ready = int((body.get("status") or {}).get("readyReplicas") or 0)
+    await write_status(
+        ctx.client, MQTT_INSTANCE, meta["namespace"], name, owner.get("status"), {"readyReplicas": ready}
+    )
+
+
 def register(drift_period: float) -> None:
     for kind, reconciler in (
         (MQTT_INSTANCE, reconcile_mqtt_instance),
@@ -193,3 +218,4 @@ def register(drift_period: float) -> None:
     )(drift_repair)
     kopf.on.delete(GROUP, VERSION, MQTT_INSTANCE.plural, id="forget", optional=True)(forget_broker)
     kopf.on.event("", "v1", "secrets", id="password-rotation")(secret_changed)
+    kopf.on.event("apps", "v1", "statefulsets", labels=BROKER_LABELS, id="broker-pods")(broker_changed)
