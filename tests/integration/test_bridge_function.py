@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import threading
 import time
@@ -295,7 +296,7 @@ def test_retries_timeouts_and_dead_letters(broker: Mosquitto, fn: Function) -> N
         if call.body == b"bad":
             return Answer(400, b"no such car")
         if call.body == b"down":
-            return Answer(503)
+            return Answer(500)
         if call.body == b"slow":
             return Answer(200, delay=4.0 if n == 1 else 0.0)
         return Answer()
@@ -343,14 +344,14 @@ def test_retries_timeouts_and_dead_letters(broker: Mosquitto, fn: Function) -> N
         assert "400" in properties["reason"] and "not retried" in properties["reason"]
         assert (properties["sourceTopic"], properties["trace"]) == ("vehicles/car-2/s", "t1")
 
-        # 503 every time: the first call and three retries, then the dead letter.
+        # 500 (the function's own error) every time: the first call and three retries, then the dead letter.
         paho_publish(broker.port, [("vehicles/car-3/s", b"down", {})])
         wait_for("the second dead letter", lambda: len(sub.messages) == 2, 30)
         wait_for("down settled", lambda: counts()[4] == 2, 10)
         assert counts() == (8, 1, 5, 0, 2, 2)
         assert seen[b"down"] == 4
         properties = dict(sub.messages[1][4])
-        assert properties["statusCode"] == "503"
+        assert properties["statusCode"] == "500"
         assert "gave up after 4 calls" in properties["reason"]
 
         # No answer within the timeout: unknown result, counted and retried.
@@ -362,6 +363,61 @@ def test_retries_timeouts_and_dead_letters(broker: Mosquitto, fn: Function) -> N
         worker.stop()
         sub.close()
     assert len(sub.messages) == 2
+
+
+def test_the_default_retry_rides_out_20_seconds_of_503_as_during_a_rollout(
+    broker: Mosquitto, fn: Function
+) -> None:
+    """The default retry policy (3 attempts, exponential from 1 s) and a function answering 503 for 20 s,
+    as a Deployment or Knative rollout does: every message of that window is delivered, none
+    dead-lettered; the 503s used no attempt. A Retry-After is honoured."""
+    unavailable_until = time.monotonic() + 20
+
+    def answer(_call: Call) -> Answer:
+        if time.monotonic() < unavailable_until:
+            return Answer(503, headers={"Retry-After": "2"})
+        return Answer()
+
+    fn.answer = answer
+    dlq = unique("dlq")
+    worker = start(broker, fn, deadLetterTopic=dlq)
+    try:
+        paho_publish(broker.port, [(f"vehicles/car-{i % 5}/s", b"%d" % i, {}) for i in range(50)])
+        wait_for("all 50 delivered", lambda: delivered(worker) == 50, 120)
+        assert worker.metric("bridge_dead_lettered_total", direction=FN) == 0
+        assert worker.metric("bridge_failed_total", direction=FN, kind="permanent") == 0
+        # Retry-After: 2 made every retry of a message wait at least 2 s (less the +-20 % jitter).
+        by_message: dict[bytes, list[float]] = {}
+        for call in list(fn.calls):
+            by_message.setdefault(call.body, []).append(call.at)
+        gaps = [b - a for times in by_message.values() for a, b in itertools.pairwise(times)]
+        assert gaps and min(gaps) >= 1.9, sorted(gaps)[:5]
+    finally:
+        worker.stop()
+
+
+def test_unavailable_for_longer_than_its_budget_is_dead_lettered(broker: Mosquitto, fn: Function) -> None:
+    fn.answer = lambda _call: Answer(503)
+    dlq = unique("dlq")
+    sub = Subscriber(broker.port, dlq)
+    worker = start(
+        broker,
+        fn,
+        retry={"attempts": 3, "initialDelaySeconds": 0.2, "maxDelaySeconds": 0.5, "unavailableForSeconds": 3},
+        deadLetterTopic=dlq,
+    )
+    try:
+        paho_publish(broker.port, [("vehicles/car-1/s", b"gone", {})])
+        wait_for("the dead letter", lambda: sub.messages, 30)
+        properties = dict(sub.messages[0][4])
+        assert properties["statusCode"] == "503"
+        assert "retry.unavailableFor 3 s" in properties["reason"]
+        calls = [c.at for c in fn.calls]
+        # More calls than `attempts` allows, over about the budget: the 503s were not counted.
+        assert len(calls) > 4 and 2.5 <= calls[-1] - calls[0] <= 6.0, (len(calls), calls[-1] - calls[0])
+    finally:
+        worker.stop()
+        sub.close()
 
 
 def test_a_connection_dropped_without_answer_uses_no_attempt(broker: Mosquitto, fn: Function) -> None:

@@ -44,6 +44,7 @@ class Retry(Model):
     backoff: Literal["exponential", "fixed"] = "exponential"
     initial_delay: str = "1s"
     max_delay: str = "60s"
+    unavailable_for: str = "5m"
 
 
 class FunctionDeadLetter(Model):
@@ -74,7 +75,8 @@ class FunctionTriggerSpec(Model):
     @model_validator(mode="after")
     def _durations(self) -> FunctionTriggerSpec:
         # The CRD's patterns guarantee the syntax; parsing here fails loudly on a spec built elsewhere.
-        for text in (self.batch.max_wait, self.retry.initial_delay, self.retry.max_delay, self.timeout):
+        retry = self.retry
+        for text in (self.batch.max_wait, retry.initial_delay, retry.max_delay, retry.unavailable_for, self.timeout):
             duration_seconds(text)
         return self
 

@@ -110,6 +110,9 @@ class RetryPolicy(ConfigModel):
     backoff: Literal["exponential", "fixed"] = "exponential"
     initial_delay_seconds: float = 1.0
     max_delay_seconds: float = 60.0
+    # How long answers saying the function is unavailable (429, 502, 503, 504: a rollout, an overload,
+    # a proxy without backends) are retried without counting against `attempts`; 0: they count.
+    unavailable_for_seconds: float = 300.0
 
 
 class MqttToFunction(ConfigModel):

@@ -77,14 +77,18 @@ _encode_json = msgspec.json.Encoder().encode
 class FunctionEvent:
     """One MQTT message on its way to the function, and what its calls so far have shown."""
 
-    __slots__ = ("calls", "client_id", "failures", "id", "msg")
+    __slots__ = ("calls", "client_id", "failures", "id", "msg", "unavailable", "unavailable_since")
 
     def __init__(self, msg: Message, event_id: str, client_id: str | None) -> None:
         self.msg = msg
         self.id = event_id
         self.client_id = client_id
         self.calls = 0  # HTTP calls made with it (answered, timed out or cut off)
-        self.failures = 0  # of those, the ones counted against retry.attempts (429, 5xx, timeouts)
+        self.failures = 0  # of those, the ones counted against retry.attempts (5xx, timeouts ...)
+        # Answers saying the function is unavailable (429, 502, 503, 504) in a row, and when the first
+        # of them came (monotonic seconds): retried for retry.unavailableFor, not counted in `failures`.
+        self.unavailable = 0
+        self.unavailable_since: float | None = None
 
     def __repr__(self) -> str:
         return f"FunctionEvent({self.id}, {self.msg!r})"

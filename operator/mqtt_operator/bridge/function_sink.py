@@ -15,7 +15,12 @@ Outcome of a call, for all its messages:
 | the function                                  | outcome                                             |
 |-----------------------------------------------|-----------------------------------------------------|
 | answers 2xx                                   | delivered (the reply, if any, published first)      |
-| answers 429 or 5xx, no answer in time, or an  | retried after the `retry` policy's delay; after     |
+| answers 429, 502, 503 or 504 (unavailable: a  | retried (honouring Retry-After, up to `maxDelay`)   |
+| rollout, an overload, no backend ready)       | for `unavailableFor` (5m) since the first such      |
+|                                               | answer, not counted against `attempts`; then the    |
+|                                               | messages fail (dead letter). `unavailableFor: 0s`   |
+|                                               | counts them as any 5xx                              |
+| answers another 5xx, no answer in time, or an | retried after the `retry` policy's delay; after     |
 | answer that is not valid HTTP                 | `attempts` retries the messages fail (dead letter)  |
 | answers anything else (4xx, 3xx)              | fails at once, no retry (dead letter)               |
 | cannot be connected to (refused, DNS, connect | TRANSIENT: the pipeline retries for as long as it   |
@@ -74,6 +79,9 @@ PARK_SECONDS = 30.0
 SCOUT_FIRST_DELAY = 0.5
 SCOUT_MAX_DELAY = 5.0
 JITTER = 0.2  # retry delays are spread by +-20 %
+# Answers that say the function cannot serve now rather than that the call failed: too many requests,
+# and what a gateway or a Knative/Kubernetes Service answers while no backend is ready (a rollout).
+UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 USER_AGENT = f"mqtt-operator-bridge/{__version__}"
 
 
@@ -81,7 +89,8 @@ class AnswerKind(Enum):
     """What one HTTP exchange with the function came to (an `Answer`'s kind)."""
 
     OK = "ok"  # a 2xx answer
-    RETRY = "retry"  # 429, 5xx, a timeout or an answer that is not HTTP: retried, counted against `attempts`
+    RETRY = "retry"  # 500, 501, 505+, a timeout or an answer that is not HTTP: retried, counted against `attempts`
+    UNAVAILABLE = "unavailable"  # 429, 502, 503, 504: retried for `unavailableFor`, not counted
     REFUSED = "refused"  # any other status: fails at once
     UNREACHABLE = "unreachable"  # no connection: nothing was sent
     DROPPED = "dropped"  # the connection closed without an answer
@@ -322,6 +331,10 @@ class FunctionSink:
             return 0.0  # probably a kept-alive connection the function had just closed
         if kind is AnswerKind.REFUSED:
             return Failure(f"{answer.why}; not retried", answer.status)
+        if kind is AnswerKind.UNAVAILABLE and self.retry.unavailable_for_seconds > 0:
+            return self._unavailable(events, answer)
+        for event in events:  # a real failure ends a run of "unavailable" answers
+            event.unavailable, event.unavailable_since = 0, None
         failures = max(e.failures for e in events) + 1
         for event in events:
             event.failures = failures
@@ -336,6 +349,28 @@ class FunctionSink:
             extra={"why": answer.why, "retry": failures, "retry_in_s": round(delay, 3)},
         )
         return delay
+
+    def _unavailable(self, events: Sequence[FunctionEvent], answer: Answer) -> Delivery | float:
+        """The function said it cannot serve now (a rollout, an overload): retry, honouring its Retry-After,
+        until it has said so for `unavailableFor`; these answers are not counted against `attempts`."""
+        now = time.monotonic()
+        since = min((e.unavailable_since for e in events if e.unavailable_since is not None), default=now)
+        count = max(e.unavailable for e in events) + 1
+        for event in events:
+            event.unavailable, event.unavailable_since = count, since
+        budget = self.retry.unavailable_for_seconds
+        if now - since >= budget:
+            return Failure(
+                f"{answer.why}; unavailable for {now - since:.0f} s (retry.unavailableFor {budget:g} s), "
+                f"after {events[0].calls} calls",
+                answer.status,
+            )
+        delay = min(retry_delay(self.retry, count, answer.retry_after), budget - (now - since))
+        log.debug(
+            "function unavailable, retrying",
+            extra={"why": answer.why, "unavailable_s": round(now - since, 1), "retry_in_s": round(delay, 3)},
+        )
+        return max(delay, 0.0)
 
     async def _exchange(
         self, events: Sequence[FunctionEvent], headers: dict[str, str], body: bytes
@@ -377,7 +412,9 @@ class FunctionSink:
             self._m_succeeded.inc()
             return Answer(AnswerKind.OK, status, body=content, content_type=answer_type)
         why = f"the function answered {status} {reason}".rstrip()
-        if status == 429 or status >= 500:
+        if status in UNAVAILABLE_STATUSES:
+            return Answer(AnswerKind.UNAVAILABLE, status, why, retry_after=_retry_after(retry_after))
+        if status >= 500:
             return Answer(AnswerKind.RETRY, status, why, retry_after=_retry_after(retry_after))
         return Answer(AnswerKind.REFUSED, status, why)
 

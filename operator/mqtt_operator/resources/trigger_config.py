@@ -79,6 +79,7 @@ def trigger_config(
                 backoff=retry.backoff,
                 initial_delay_seconds=duration_seconds(retry.initial_delay),
                 max_delay_seconds=duration_seconds(retry.max_delay),
+                unavailable_for_seconds=duration_seconds(retry.unavailable_for),
             ),
             dead_letter_topic=spec.dead_letter.mqtt_topic if spec.dead_letter else None,
             reply_topic=spec.reply_topic,
