@@ -76,7 +76,8 @@ class FunctionTriggerSpec(Model):
     def _durations(self) -> FunctionTriggerSpec:
         # The CRD's patterns guarantee the syntax; parsing here fails loudly on a spec built elsewhere.
         retry = self.retry
-        for text in (self.batch.max_wait, retry.initial_delay, retry.max_delay, retry.unavailable_for, self.timeout):
+        durations = (retry.initial_delay, retry.max_delay, retry.unavailable_for)
+        for text in (self.batch.max_wait, *durations, self.timeout):
             duration_seconds(text)
         return self
 

@@ -89,7 +89,7 @@ class AnswerKind(Enum):
     """What one HTTP exchange with the function came to (an `Answer`'s kind)."""
 
     OK = "ok"  # a 2xx answer
-    RETRY = "retry"  # 500, 501, 505+, a timeout or an answer that is not HTTP: retried, counted against `attempts`
+    RETRY = "retry"  # another 5xx, a timeout, an answer that is not HTTP: retried, counted in `attempts`
     UNAVAILABLE = "unavailable"  # 429, 502, 503, 504: retried for `unavailableFor`, not counted
     REFUSED = "refused"  # any other status: fails at once
     UNREACHABLE = "unreachable"  # no connection: nothing was sent
