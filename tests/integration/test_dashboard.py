@@ -1,5 +1,6 @@
-"""The Grafana dashboard (charts/mqtt-operator/files/dashboard.json) and the alerts (files/alerts.yaml)
-asked of a real Prometheus holding real data: it scrapes a real operator (its API server, a broker
+"""The Grafana dashboard (charts/mqtt-operator/files/dashboard.json) checked by a dashboard linter
+(hack/testenv/dashboard-lint), and its queries and the alerts (files/alerts.yaml) asked of a real
+Prometheus holding real data: it scrapes a real operator (its API server, a broker
 `devices` it reconciled, a FunctionTrigger that works and one that cannot) and the real worker of that
 trigger moving messages to a real HTTP function, with the labels the chart's ServiceMonitor and PodMonitor
 give them. Every panel query, with its template variables set to this run's values, and every alert
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from tests.integration.test_bridge_helpers import paho_publish, wait_for
 from tests.integration.test_trigger import MQFT, NAME, WORKLOAD, Function, car_account, trigger
 
 from testenv.kube import ControlPlane
+from testenv.paths import tool
 from testenv.process import free_port
 
 pytestmark = pytest.mark.integration
@@ -90,6 +93,44 @@ def alerts() -> dict[str, str]:
 def substitute(expr: str, values: dict[str, str]) -> str:
     """What Grafana sends: `$var` and `${var}` replaced (a single value is its own regex)."""
     return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
+
+
+def dashboard_lint(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("dashboard-lint"), str(path)], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+
+
+def test_dashboard_passes_the_linter() -> None:
+    """hack/testenv/dashboard-lint: Grafana's dashboard schema, strictly, and dashboard-linter's rules;
+    every finding fails."""
+    proc = dashboard_lint(DASHBOARD)
+    assert proc.returncode == 0 and not proc.stdout.strip(), f"dashboard-lint:\n{proc.stdout}{proc.stderr}"
+
+
+def test_the_linter_finds_what_it_checks(tmp_path: Path) -> None:
+    """The pass above proves something only if the linter speaks up: a misspelt field, a fixed datasource,
+    a fixed rate range, an unknown unit, a counter read raw."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panel = next(p for p in panels() if p["title"] == "Messages received")
+    panel = next(p for p in dashboard["panels"] if p.get("id") == panel["id"])
+    panel["descripton"] = panel.pop("description")
+    panel["datasource"] = {"type": "prometheus", "uid": "prometheus-1"}
+    panel["fieldConfig"]["defaults"]["unit"] = "msgs"
+    panel["targets"][0]["expr"] = "sum(rate(bridge_received_total[5m])) + sum(bridge_delivered_total)"
+    broken = tmp_path / "dashboard.json"
+    broken.write_text(json.dumps(dashboard))
+    proc = dashboard_lint(broken)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for finding in (
+        "unexpected field 'descripton'",
+        "panel-title-description-rule",
+        "panel-datasource-rule",
+        "panel-units-rule",
+        "target-rate-interval-rule",
+        'target-counter-agg-rule: panel "Messages received" target A: counter bridge_delivered_total',
+    ):
+        assert finding in proc.stdout, (finding, proc.stdout)
 
 
 def test_exemptions_are_exactly_the_queries_on_outside_sources() -> None:
