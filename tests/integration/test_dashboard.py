@@ -23,7 +23,7 @@ from tests.integration.test_bridge_helpers import paho_publish, wait_for
 from tests.integration.test_trigger import MQFT, NAME, WORKLOAD, Function, car_account, trigger
 
 from testenv.kube import ControlPlane
-from testenv.paths import tool
+from testenv.paths import tool, versions
 from testenv.process import free_port
 
 pytestmark = pytest.mark.integration
@@ -106,6 +106,14 @@ def test_dashboard_passes_the_linter() -> None:
     every finding fails."""
     proc = dashboard_lint(DASHBOARD)
     assert proc.returncode == 0 and not proc.stdout.strip(), f"dashboard-lint:\n{proc.stdout}{proc.stderr}"
+
+
+def test_the_linter_is_built_on_the_pinned_schema() -> None:
+    """versions.env is the one place the dashboard schema's version is bumped; the build script checks
+    the linter's go.mod agrees, and so does this."""
+    go_mod = (REPO / "hack" / "testenv" / "dashboard-lint" / "go.mod").read_text()
+    pinned = versions()["GRAFANA_FOUNDATION_SDK_VERSION"]
+    assert f"github.com/grafana/grafana-foundation-sdk/go {pinned}\n" in go_mod
 
 
 def test_the_linter_finds_what_it_checks(tmp_path: Path) -> None:
