@@ -114,8 +114,13 @@ def source_crds() -> dict[str, Manifest]:
 
 @pytest.mark.parametrize(
     "values",
-    [[], CLUSTER_WIDE, ["--set", "watchNamespaces={a,b}"]],
-    ids=["namespaced", "cluster-wide", "two-namespaces"],
+    [
+        [],
+        CLUSTER_WIDE,
+        ["--set", "watchNamespaces={a,b}"],
+        ["--set", "monitoring.grafanaDashboard.enabled=true"],
+    ],
+    ids=["namespaced", "cluster-wide", "two-namespaces", "grafana-dashboard"],
 )
 def test_helm_lint_strict_passes(helm_env: dict[str, str], values: list[str]) -> None:
     proc = run(

@@ -118,7 +118,7 @@ def test_the_linter_is_built_on_the_pinned_schema() -> None:
 
 def test_the_linter_finds_what_it_checks(tmp_path: Path) -> None:
     """The pass above proves something only if the linter speaks up: a misspelt field, a fixed datasource,
-    a fixed rate range, an unknown unit, a counter read raw."""
+    a fixed rate range, an unknown unit, a counter read raw, overlapping panels."""
     dashboard = json.loads(DASHBOARD.read_text())
     panel = next(p for p in panels() if p["title"] == "Messages received")
     panel = next(p for p in dashboard["panels"] if p.get("id") == panel["id"])
@@ -126,6 +126,8 @@ def test_the_linter_finds_what_it_checks(tmp_path: Path) -> None:
     panel["datasource"] = {"type": "prometheus", "uid": "prometheus-1"}
     panel["fieldConfig"]["defaults"]["unit"] = "msgs"
     panel["targets"][0]["expr"] = "sum(rate(bridge_received_total[5m])) + sum(bridge_delivered_total)"
+    delivered = next(p for p in dashboard["panels"] if p.get("title") == "Messages delivered")
+    delivered["gridPos"]["x"] -= 6
     broken = tmp_path / "dashboard.json"
     broken.write_text(json.dumps(dashboard))
     proc = dashboard_lint(broken)
@@ -136,6 +138,7 @@ def test_the_linter_finds_what_it_checks(tmp_path: Path) -> None:
         "panel-datasource-rule",
         "panel-units-rule",
         "target-rate-interval-rule",
+        'panel-grid-rule: panel "Messages delivered": overlaps panel "Messages received"',
         'target-counter-agg-rule: panel "Messages received" target A: counter bridge_delivered_total',
     ):
         assert finding in proc.stdout, (finding, proc.stdout)

@@ -101,6 +101,7 @@ func (l *linter) lint(raw []byte) {
 		panels = append(panels, list(p["panels"])...) // a collapsed row keeps its panels
 	}
 	ids, titles := map[float64]bool{}, map[string]bool{}
+	var placed []titled
 	for _, p := range panels {
 		where := fmt.Sprintf("panel %q", str(p, "title"))
 		if id, _ := p["id"].(float64); ids[id] {
@@ -108,12 +109,16 @@ func (l *linter) lint(raw []byte) {
 		} else {
 			ids[id] = true
 		}
-		if grid, ok := p["gridPos"].(object); ok {
-			x, _ := grid["x"].(float64)
-			w, _ := grid["w"].(float64)
-			if x+w > 24 {
-				l.report("panel-grid-rule", where, "x+w is %v, past the 24 columns", x+w)
+		if r, ok := rectOf(p); ok {
+			if r.x+r.w > 24 {
+				l.report("panel-grid-rule", where, "x+w is %v, past the 24 columns", r.x+r.w)
 			}
+			for _, other := range placed {
+				if r.overlaps(other.rect) {
+					l.report("panel-grid-rule", where, "overlaps panel %q", other.title)
+				}
+			}
+			placed = append(placed, titled{r, str(p, "title")})
 		}
 		if str(p, "type") == "row" {
 			continue
@@ -131,6 +136,26 @@ func (l *linter) lint(raw []byte) {
 		l.unit(p, where)
 		l.targets(p, where)
 	}
+}
+
+type rect struct{ x, y, w, h float64 }
+
+type titled struct {
+	rect
+	title string
+}
+
+func (r rect) overlaps(o rect) bool {
+	return r.x < o.x+o.w && o.x < r.x+r.w && r.y < o.y+o.h && o.y < r.y+r.h
+}
+
+func rectOf(p object) (rect, bool) {
+	grid, ok := p["gridPos"].(object)
+	if !ok {
+		return rect{}, false
+	}
+	n := func(k string) float64 { v, _ := grid[k].(float64); return v }
+	return rect{n("x"), n("y"), n("w"), n("h")}, true
 }
 
 func (l *linter) templating(d object) {
