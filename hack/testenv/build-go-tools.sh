@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds Kubernetes (the API server, kubectl and the node's components), etcd, helm, kubeconform and
-# health-lua (the Argo CD health checks' interpreter), kstatus (Flux's status library) and Prometheus
-# (promtool and the server) from source through the Go module proxy, and takes the Prometheus
-# Operator's CRDs from its module.
+# Builds Kubernetes (the API server, kubectl and the node's components), etcd, helm, kubeconform,
+# health-lua (the Argo CD health checks' interpreter), kstatus (Flux's status library), dashboard-lint
+# (the Grafana dashboard's linter) and Prometheus (promtool and the server) from source through the Go
+# module proxy, and takes the Prometheus Operator's CRDs from its module.
 # Each binary is built once into $TESTENV_DIR/bin; a binary already there with the right version is kept.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -111,6 +111,21 @@ build_kstatus() {
   stamp kstatus "$v"
 }
 
+build_dashboard_lint() {
+  # The Grafana dashboard's linter: our small program on grafana-foundation-sdk (Grafana's dashboard
+  # schema as Go types, decoded strictly) with the rules of grafana/dashboard-linter, which the module
+  # proxy does not serve. Rebuilt when its source or the pinned SDK changes.
+  local src="$here/dashboard-lint" v
+  grep -q "github.com/grafana/grafana-foundation-sdk/go $GRAFANA_FOUNDATION_SDK_VERSION\$" "$src/go.mod" || {
+    echo "dashboard-lint/go.mod does not require grafana-foundation-sdk $GRAFANA_FOUNDATION_SDK_VERSION (versions.env)" >&2
+    return 1
+  }
+  v="$GRAFANA_FOUNDATION_SDK_VERSION-$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-16)"
+  stamp_ok dashboard-lint "$v" && return 0
+  (cd "$src" && go build -ldflags "-s -w" -o "$bin/dashboard-lint" .)
+  stamp dashboard-lint "$v"
+}
+
 # The cluster's DNS and its default StorageClass, packed into images by hack/images/build.sh.
 build_coredns() { build_plain coredns "$COREDNS_VERSION" github.com/coredns/coredns; }
 build_local_path_provisioner() {
@@ -156,6 +171,7 @@ case "${1:-all}" in
   local-path-provisioner) build_local_path_provisioner ;;
   health-lua) build_health_lua ;;
   kstatus) build_kstatus ;;
+  dashboard-lint) build_dashboard_lint ;;
   prometheus) build_prometheus ;;
   monitoring-crds) fetch_monitoring_crds ;;
   all)
@@ -167,8 +183,9 @@ case "${1:-all}" in
     build_local_path_provisioner
     build_health_lua
     build_kstatus
+    build_dashboard_lint
     build_prometheus
     fetch_monitoring_crds
     ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner|health-lua|kstatus|prometheus|monitoring-crds]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner|health-lua|kstatus|dashboard-lint|prometheus|monitoring-crds]" >&2; exit 2 ;;
 esac

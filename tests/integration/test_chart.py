@@ -114,8 +114,13 @@ def source_crds() -> dict[str, Manifest]:
 
 @pytest.mark.parametrize(
     "values",
-    [[], CLUSTER_WIDE, ["--set", "watchNamespaces={a,b}"]],
-    ids=["namespaced", "cluster-wide", "two-namespaces"],
+    [
+        [],
+        CLUSTER_WIDE,
+        ["--set", "watchNamespaces={a,b}"],
+        ["--set", "monitoring.grafanaDashboard.enabled=true"],
+    ],
+    ids=["namespaced", "cluster-wide", "two-namespaces", "grafana-dashboard"],
 )
 def test_helm_lint_strict_passes(helm_env: dict[str, str], values: list[str]) -> None:
     proc = run(
@@ -235,6 +240,65 @@ def test_monitoring_objects_pass_kubeconform_strict(
     assert all(kinds.count(kind) == 1 for kind in MONITORING_KINDS), kinds
 
 
+DASHBOARD = CHART / "files" / "dashboard.json"
+DASHBOARD_ON = ["--set", "monitoring.grafanaDashboard.enabled=true"]
+
+
+def dashboard_configmaps(manifests: list[Manifest]) -> list[Manifest]:
+    return [m for m in of_kind(manifests, "ConfigMap") if m["metadata"]["name"].endswith("-dashboard")]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["--set", "monitoring.grafanaDashboard.namespace=monitoring"]],
+    ids=["release-namespace", "grafana-namespace"],
+)
+def test_grafana_dashboard_configmap_passes_kubeconform_strict(
+    helm_env: dict[str, str], kubeconform_schema_dir: Path, values: list[str]
+) -> None:
+    """The value renders one ConfigMap with the sidecar's label and files/dashboard.json as it is; it needs
+    no monitoring API (a plain ConfigMap)."""
+    args = [
+        *DASHBOARD_ON,
+        "--set-string",
+        "monitoring.grafanaDashboard.labels.team=iot",
+        "--set-string",
+        "monitoring.grafanaDashboard.annotations.grafana_folder=MQTT",
+        *values,
+    ]
+    manifests = template(helm_env, *args).stdout
+    returncode, report = kubeconform(kubeconform_schema_dir, manifests, helm_env)
+    resources = [r for r in report["resources"] if r["kind"] or r["status"]]
+    problems = [r for r in resources if r["status"] != "statusValid"]
+    assert returncode == 0 and not problems, json.dumps(problems, indent=2)
+    assert report["summary"]["skipped"] == 0, report["summary"]
+    (cm,) = dashboard_configmaps(parse(manifests))
+    metadata = cm["metadata"]
+    assert metadata["name"] == "mqtt-mqtt-operator-dashboard"
+    assert metadata["namespace"] == ("monitoring" if values else RELEASE_NAMESPACE)
+    assert metadata["labels"]["grafana_dashboard"] == "1"
+    assert metadata["labels"]["team"] == "iot"
+    assert metadata["labels"]["app.kubernetes.io/name"] == "mqtt-operator"
+    assert metadata["annotations"] == {"grafana_folder": "MQTT"}
+    (key,) = cm["data"]
+    assert key.endswith(".json")
+    assert json.loads(cm["data"][key]) == json.loads(DASHBOARD.read_text())
+
+
+def test_grafana_dashboard_sidecar_label_is_configurable(helm_env: dict[str, str]) -> None:
+    args = ["--set", "monitoring.grafanaDashboard.sidecarLabel=dashboards", "--set-string"]
+    (cm,) = dashboard_configmaps(
+        rendered(helm_env, *DASHBOARD_ON, *args, "monitoring.grafanaDashboard.sidecarLabelValue=mqtt")
+    )
+    assert cm["metadata"]["labels"]["dashboards"] == "mqtt"
+    assert "grafana_dashboard" not in cm["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("args", [[], MONITORING_API + MONITORING_ON], ids=["defaults", "monitors-on"])
+def test_grafana_dashboard_is_off_by_default(helm_env: dict[str, str], args: list[str]) -> None:
+    assert not dashboard_configmaps(rendered(helm_env, *args))
+
+
 def test_kubeconform_checks_the_monitoring_objects(
     helm_env: dict[str, str], kubeconform_schema_dir: Path
 ) -> None:
@@ -303,6 +367,7 @@ def test_crds_keep_sets_the_keep_annotation(helm_env: dict[str, str], keep: bool
         ("logLevel=verbose", "logLevel"),
         ("monitoring.serviceMonitor.enable=true", "enable"),
         ("monitoring.podMonitor.interval=30", "interval"),
+        ("monitoring.grafanaDashboard.enable=true", "enable"),
     ],
 )
 def test_values_schema_rejects_typos(helm_env: dict[str, str], setting: str, named: str) -> None:
