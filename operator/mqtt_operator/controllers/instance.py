@@ -44,6 +44,12 @@ async def reconcile_instance(
         return not_ready("InvalidSpec", f"spec cannot be read: {err.errors()[0]['msg']}")
     if not spec.image and settings.broker_image:
         spec = spec.model_copy(update={"image": settings.broker_image})
+    exporter = spec.monitoring.exporter
+    if exporter.enabled and not exporter.image and settings.exporter_image:
+        monitoring = spec.monitoring.model_copy(
+            update={"exporter": exporter.model_copy(update={"image": settings.exporter_image})}
+        )
+        spec = spec.model_copy(update={"monitoring": monitoring})
     identity = InstanceIdentity(name=name, namespace=namespace, uid=meta["uid"])
     current = await read_secret(client, namespace, admin_secret_name(name))
     try:
