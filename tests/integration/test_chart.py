@@ -430,6 +430,11 @@ def test_pod_monitor_broker_exporter_hook(helm_env: dict[str, str]) -> None:
     assert matches(spec["selector"], meta.labels("MqttInstance", "devices", "broker"))
     # The exporter's port is named like the workers' one: one endpoint scrapes both.
     assert [e["port"] for e in spec["podMetricsEndpoints"]] == ["metrics"]
+    # The plugin's client events ($SYS/mqtt-operator/client-events, JSON) are no figure: dropped.
+    assert spec["podMetricsEndpoints"][0]["metricRelabelings"] == [
+        {"sourceLabels": ["__name__"], "regex": "mqtt_operator_client_events", "action": "drop"}
+    ]
+    assert "metricRelabelings" not in off["podMetricsEndpoints"][0]
     assert "metrics" in ports
     # A different port name (another exporter's) gets an endpoint of its own.
     other = only(
@@ -445,6 +450,8 @@ def test_pod_monitor_broker_exporter_hook(helm_env: dict[str, str]) -> None:
         "PodMonitor",
     )["spec"]
     assert [e["port"] for e in other["podMetricsEndpoints"]] == ["metrics", "exporter"]
+    assert "metricRelabelings" not in other["podMetricsEndpoints"][0]
+    assert other["podMetricsEndpoints"][1]["metricRelabelings"][0]["action"] == "drop"
 
 
 def test_prometheus_rule_is_the_alerts_file(helm_env: dict[str, str]) -> None:
