@@ -75,6 +75,14 @@ def parser() -> argparse.ArgumentParser:
         "eclipse-mosquitto); also $MQTT_OPERATOR_BROKER_IMAGE",
     )
     run.add_argument(
+        "--exporter-image",
+        default=os.environ.get("MQTT_OPERATOR_EXPORTER_IMAGE") or None,
+        metavar="IMAGE",
+        help="image of the broker's metrics exporter sidecar (spec.monitoring.exporter) of every "
+        "MqttInstance that names none (default: sapcc/mosquitto-exporter); "
+        "also $MQTT_OPERATOR_EXPORTER_IMAGE",
+    )
+    run.add_argument(
         "--worker-metrics-address",
         action="append",
         default=[],
@@ -126,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             drift_period_seconds=args.drift_period,
             worker_image=args.worker_image,
             broker_image=args.broker_image,
+            exporter_image=args.exporter_image,
             worker_metrics_addresses=parse_worker_metrics_addresses(args.worker_metrics_address),
         )
     except ValueError as err:

@@ -35,6 +35,9 @@ class OperatorSettings:
     # The broker image of every MqttInstance that names none (spec.image): a mirror, or the image
     # built from images/mosquitto. None keeps the built-in default (resources/statefulset.py).
     broker_image: str | None = None
+    # The exporter sidecar's image of every MqttInstance with spec.monitoring.exporter on and no image of
+    # its own: a mirror, or the image built from images/mosquitto-exporter. None keeps the built-in default.
+    exporter_image: str | None = None
     # "namespace/connector" -> ("host:port", ...): where to read that connector's workers' /metrics
     # when the operator runs outside the cluster (in a cluster: the worker Pods' IPs).
     worker_metrics_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

@@ -15,8 +15,11 @@ import pytest
 import yaml
 from hack import kubeconform_schemas
 
+from mqtt_operator.api.instance import MqttInstanceSpec
 from mqtt_operator.api.kinds import FUNCTION_TRIGGER, KAFKA_CONNECTOR, REPLICATION_TASK
 from mqtt_operator.resources import meta
+from mqtt_operator.resources.identity import InstanceIdentity
+from mqtt_operator.resources.statefulset import statefulset
 from mqtt_operator.resources.worker_names import WORKER_COMPONENT
 from testenv.kube import ControlPlane
 from testenv.paths import monitoring_crds, tool, versions
@@ -469,6 +472,15 @@ def test_pod_monitor_selects_the_workers_where_the_operator_watches(
 
 
 def test_pod_monitor_broker_exporter_hook(helm_env: dict[str, str]) -> None:
+    """With brokerExporter on, the PodMonitor selects the broker Pods the operator builds with
+    spec.monitoring.exporter and scrapes their exporter's port by name."""
+    identity = InstanceIdentity(name="devices", namespace="iot", uid="u")
+    exporter_on = MqttInstanceSpec.model_validate({"monitoring": {"exporter": {"enabled": True}}})
+    pod = statefulset(identity, exporter_on, "h")["spec"]["template"]
+    ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    off = only(rendered(helm_env, *MONITORING_API, *MONITORING_ON), "PodMonitor")["spec"]
+    assert not matches(off["selector"], pod["metadata"]["labels"])
+
     spec = only(
         rendered(
             helm_env,
@@ -479,8 +491,32 @@ def test_pod_monitor_broker_exporter_hook(helm_env: dict[str, str]) -> None:
         ),
         "PodMonitor",
     )["spec"]
+    assert matches(spec["selector"], pod["metadata"]["labels"])
     assert matches(spec["selector"], meta.labels("MqttInstance", "devices", "broker"))
-    assert [e["port"] for e in spec["podMetricsEndpoints"]] == ["metrics", "exporter"]
+    # The exporter's port is named like the workers' one: one endpoint scrapes both.
+    assert [e["port"] for e in spec["podMetricsEndpoints"]] == ["metrics"]
+    # The plugin's client events ($SYS/mqtt-operator/client-events, JSON) are no figure: dropped.
+    assert spec["podMetricsEndpoints"][0]["metricRelabelings"] == [
+        {"sourceLabels": ["__name__"], "regex": "mqtt_operator_client_events", "action": "drop"}
+    ]
+    assert "metricRelabelings" not in off["podMetricsEndpoints"][0]
+    assert "metrics" in ports
+    # A different port name (another exporter's) gets an endpoint of its own.
+    other = only(
+        rendered(
+            helm_env,
+            *MONITORING_API,
+            *MONITORING_ON,
+            "--set",
+            "monitoring.podMonitor.brokerExporter.enabled=true",
+            "--set",
+            "monitoring.podMonitor.brokerExporter.port=exporter",
+        ),
+        "PodMonitor",
+    )["spec"]
+    assert [e["port"] for e in other["podMetricsEndpoints"]] == ["metrics", "exporter"]
+    assert "metricRelabelings" not in other["podMetricsEndpoints"][0]
+    assert other["podMetricsEndpoints"][1]["metricRelabelings"][0]["action"] == "drop"
 
 
 def test_prometheus_rule_is_the_alerts_file(helm_env: dict[str, str]) -> None:
@@ -577,16 +613,24 @@ def test_knative_services_are_only_read(helm_env: dict[str, str], values: list[s
 
 def test_broker_image_and_drift_period_reach_the_operator(helm_env: dict[str, str]) -> None:
     manifests = rendered(
-        helm_env, "--set", "brokerImage=mirror.example/mosquitto:2.0.21", "--set", "driftPeriodSeconds=5"
+        helm_env,
+        "--set",
+        "brokerImage=mirror.example/mosquitto:2.0.21",
+        "--set",
+        "exporterImage=mirror.example/mosquitto-exporter:0.8.0",
+        "--set",
+        "driftPeriodSeconds=5",
     )
     args = operator_args(manifests)
     assert args[args.index("--drift-period") + 1] == "5"
     container = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MQTT_OPERATOR_BROKER_IMAGE"] == "mirror.example/mosquitto:2.0.21"
+    assert env["MQTT_OPERATOR_EXPORTER_IMAGE"] == "mirror.example/mosquitto-exporter:0.8.0"
     # Unset, the operator keeps its own default: no empty variable overrides it.
     default = only(rendered(helm_env), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert "MQTT_OPERATOR_BROKER_IMAGE" not in {e["name"] for e in default["env"]}
+    assert "MQTT_OPERATOR_EXPORTER_IMAGE" not in {e["name"] for e in default["env"]}
 
 
 def test_operator_pod_is_locked_down(helm_env: dict[str, str]) -> None:

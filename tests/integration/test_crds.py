@@ -202,6 +202,32 @@ BAD = [
         ["ports must differ"],
     ),
     Bad(
+        "mqi-exporter-port-is-a-listeners",
+        "mqttinstance",
+        {"spec.monitoring": {"exporter": {"enabled": True, "port": 1883}}},
+        "spec.monitoring.exporter.port",
+        ["must differ from every listener's port"],
+    ),
+    Bad(
+        "mqi-exporter-needs-plain-mqtt",
+        "mqttinstance",
+        {"spec.monitoring": {"exporter": {"enabled": True}}, "spec.listeners.mqtt": DELETE},
+        "spec.monitoring.exporter.enabled",
+        ["needs listeners.mqtt"],
+    ),
+    Bad(
+        "mqi-exporter-sys-interval",
+        "mqttinstance",
+        {"spec.monitoring": {"exporter": {"enabled": True, "sysIntervalSeconds": 0}}},
+        "spec.monitoring.exporter.sysIntervalSeconds",
+    ),
+    Bad(
+        "mqi-exporter-unknown-field",
+        "mqttinstance",
+        {"spec.monitoring": {"exporter": {"enabled": True, "bindAddress": ":9234"}}},
+        "spec.monitoring.exporter.bindAddress",
+    ),
+    Bad(
         "mqi-port-range",
         "mqttinstance",
         {"spec.listeners.mqtt.port": 70000},
@@ -698,6 +724,25 @@ BAD = [
 GOOD = [
     # The rules must not refuse what users legitimately write.
     (
+        "mqi-exporter",
+        "mqttinstance",
+        {
+            "spec.networkPolicy": {"enabled": True},
+            "spec.monitoring": {
+                "exporter": {
+                    "enabled": True,
+                    "image": "mirror.example/mosquitto-exporter:0.8.0",
+                    "port": 9100,
+                    "sysIntervalSeconds": 5,
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+                    "scrapeFrom": [
+                        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+                    ],
+                }
+            },
+        },
+    ),
+    (
         "filters-wildcards",
         "functiontrigger",
         {
@@ -1018,6 +1063,7 @@ MINIMAL: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "sessions": {"expiry": "2h", "maxQueuedMessages": 100000, "maxInflightMessages": 1000},
             "limits": {"maxPacketSize": "2Mi", "maxConnections": -1},
             "persistence": {"enabled": True, "size": "1Gi", "autosaveInterval": "30s"},
+            "monitoring": {"exporter": {"enabled": False, "port": 9234, "sysIntervalSeconds": 10}},
             "deletionPolicy": "delete",
         },
     ),

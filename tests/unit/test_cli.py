@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from mqtt_operator.__main__ import main, parser
+from mqtt_operator.api.instance import MqttInstanceSpec
+from mqtt_operator.controllers.instance import with_operator_images
 from mqtt_operator.settings import OperatorSettings
 
 
@@ -61,3 +63,21 @@ def test_broker_image_comes_from_the_flag_or_the_environment(monkeypatch: pytest
     assert parser().parse_args(["run", "--broker-image", "m/mosquitto:2"]).broker_image == "m/mosquitto:2"
     monkeypatch.setenv("MQTT_OPERATOR_BROKER_IMAGE", "localhost/mosquitto:2.0.21")
     assert parser().parse_args(["run"]).broker_image == "localhost/mosquitto:2.0.21"
+
+
+def test_exporter_image_comes_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MQTT_OPERATOR_EXPORTER_IMAGE", raising=False)
+    assert parser().parse_args(["run"]).exporter_image is None  # the built-in default stays
+    assert parser().parse_args(["run", "--exporter-image", "m/exp:1"]).exporter_image == "m/exp:1"
+    monkeypatch.setenv("MQTT_OPERATOR_EXPORTER_IMAGE", "localhost/mosquitto-exporter:e097dec")
+    assert parser().parse_args(["run"]).exporter_image == "localhost/mosquitto-exporter:e097dec"
+
+
+def test_operator_images_fill_only_what_the_spec_leaves_empty() -> None:
+    plain = MqttInstanceSpec.model_validate({"monitoring": {"exporter": {"enabled": True}}})
+    filled = with_operator_images(plain, "m/mosquitto:2", "m/exp:1")
+    assert (filled.image, filled.monitoring.exporter.image) == ("m/mosquitto:2", "m/exp:1")
+    own = MqttInstanceSpec.model_validate({"image": "b:1", "monitoring": {"exporter": {"image": "e:1"}}})
+    kept = with_operator_images(own, "m/mosquitto:2", "m/exp:1")
+    assert (kept.image, kept.monitoring.exporter.image) == ("b:1", "e:1")
+    assert with_operator_images(plain, None, None) == plain

@@ -30,7 +30,7 @@ from mqtt_operator.resources.mosquitto_conf import (
 )
 from mqtt_operator.resources.network_policy import CLIENT_LABEL, network_policy
 from mqtt_operator.resources.services import client_service, endpoints, headless_service
-from mqtt_operator.resources.statefulset import DEFAULT_IMAGE, statefulset
+from mqtt_operator.resources.statefulset import DEFAULT_EXPORTER_IMAGE, DEFAULT_IMAGE, statefulset
 from mqtt_operator.resources.templating import render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -739,3 +739,122 @@ class TestInstanceObjects:
             "metadata": {"name": "devices", "namespace": "iot", "uid": "0b6c1d2e-uid"},
         }
         assert InstanceIdentity.from_body(body) == ID
+
+
+def exporter_spec(*, top: dict[str, Any] | None = None, **exporter: Any) -> MqttInstanceSpec:
+    """The example with the exporter on; `top` replaces more top-level fields."""
+    return spec(monitoring={"exporter": {"enabled": True, **exporter}}, **(top or {}))
+
+
+def pod_containers(s: MqttInstanceSpec) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in broker_sts(s)["spec"]["template"]["spec"]["containers"]}
+
+
+class TestExporterSidecar:
+    """spec.monitoring.exporter: mosquitto-exporter beside the broker, reading $SYS/# on localhost."""
+
+    def test_off_by_default_and_nothing_changes(self) -> None:
+        assert MqttInstanceSpec().monitoring.exporter.enabled is False
+        assert list(pod_containers(spec())) == ["mosquitto"]
+        # Brokers that do not ask for it keep their config (and so their config hash: no restart).
+        assert not any(line.startswith("sys_interval") for line in options(conf()))
+
+    def test_enabled_adds_the_exporter_container(self) -> None:
+        containers = pod_containers(exporter_spec())
+        assert list(containers) == ["mosquitto", "exporter"]
+        exporter = containers["exporter"]
+        assert exporter["image"] == DEFAULT_EXPORTER_IMAGE
+        assert exporter["ports"] == [{"name": "metrics", "containerPort": 9234, "protocol": "TCP"}]
+        probe = exporter["readinessProbe"]
+        assert probe["httpGet"] == {"path": "/metrics", "port": "metrics"}
+        assert exporter["securityContext"]["readOnlyRootFilesystem"] is True
+        assert exporter["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        # No liveness probe: while the broker restarts the exporter reconnects by itself.
+        assert "livenessProbe" not in exporter
+
+    def test_port_image_and_resources_from_the_spec(self) -> None:
+        resources = {"limits": {"memory": "32Mi"}, "requests": {"cpu": "10m"}}
+        exporter = pod_containers(exporter_spec(port=9500, image="mirror/exporter:1", resources=resources))[
+            "exporter"
+        ]
+        assert exporter["image"] == "mirror/exporter:1"
+        assert exporter["ports"][0]["containerPort"] == 9500
+        env = {e["name"]: e.get("value") for e in exporter["env"]}
+        assert env["BIND_ADDRESS"] == ":9500"
+        assert exporter["resources"] == resources
+
+    def test_connects_to_the_plain_listener_on_localhost(self) -> None:
+        s = exporter_spec(top={"listeners": {"mqtt": {"port": 1884}}})
+        env = {e["name"]: e.get("value") for e in pod_containers(s)["exporter"]["env"]}
+        assert env["BROKER_ENDPOINT"] == "tcp://127.0.0.1:1884"
+        assert env["MQTT_CLIENT_ID"] == "mqtt-operator-exporter"
+
+    def test_admin_password_only_from_the_secret(self) -> None:
+        exporter = pod_containers(exporter_spec())["exporter"]
+        env = {e["name"]: e for e in exporter["env"]}
+        assert env["MQTT_USER"]["value"] == ADMIN_USERNAME
+        assert env["MQTT_PASS"] == {
+            "name": "MQTT_PASS",
+            "valueFrom": {"secretKeyRef": {"name": admin_secret_name("devices"), "key": "password"}},
+        }
+        assert "args" not in exporter and "command" not in exporter
+        objects = build_instance_objects(ID, exporter_spec(), admin_password=PASSWORD)
+        sts = next(o for o in objects if o["kind"] == "StatefulSet")
+        assert PASSWORD not in json.dumps(sts)
+
+    def test_no_login_without_authorization(self) -> None:
+        s = exporter_spec(top={"authorization": {"enabled": False}})
+        assert {e["name"] for e in pod_containers(s)["exporter"]["env"]} == {
+            "BROKER_ENDPOINT",
+            "BIND_ADDRESS",
+            "MQTT_CLIENT_ID",
+        }
+
+    def test_sys_interval_rendered_only_with_the_exporter(self) -> None:
+        assert "sys_interval 10" in options(render_mosquitto_conf(exporter_spec()))
+        assert "sys_interval 2" in options(render_mosquitto_conf(exporter_spec(sysIntervalSeconds=2)))
+
+    def test_needs_a_plain_mqtt_listener(self) -> None:
+        tls_only = {"mqtts": {"port": 8883, "tls": {"secretName": "t"}}}
+        with pytest.raises(
+            ValueError, match=r"spec\.monitoring\.exporter needs spec\.listeners\.mqtt without tls"
+        ):
+            broker_sts(exporter_spec(top={"listeners": tls_only}))
+
+    def test_port_must_not_be_a_listeners(self) -> None:
+        with pytest.raises(ValueError, match=r"port 1883 is a listener's port: choose another port"):
+            broker_sts(exporter_spec(port=1883))
+
+    def test_network_policy_lets_scrapers_reach_only_the_metrics_port(self) -> None:
+        monitoring_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        s = spec(
+            networkPolicy={"enabled": True},
+            monitoring={"exporter": {"enabled": True, "scrapeFrom": [monitoring_ns]}},
+        )
+        policy = network_policy(ID, s, "mqtt-system")
+        assert policy is not None
+        broker_rule, metrics_rule = policy["spec"]["ingress"]
+        assert monitoring_ns not in broker_rule["from"]
+        assert metrics_rule["ports"] == [{"protocol": "TCP", "port": 9234}]
+        assert monitoring_ns in metrics_rule["from"]
+        # The operator's namespace and the broker's own peers may scrape too.
+        assert all(peer in metrics_rule["from"] for peer in broker_rule["from"])
+
+    def test_network_policy_without_exporter_has_one_rule(self) -> None:
+        policy = network_policy(ID, spec(networkPolicy={"enabled": True}), None)
+        assert policy is not None and len(policy["spec"]["ingress"]) == 1
+
+    def test_empty_scrape_peer_is_refused_with_its_field(self) -> None:
+        s = spec(
+            networkPolicy={"enabled": True}, monitoring={"exporter": {"enabled": True, "scrapeFrom": [{}]}}
+        )
+        with pytest.raises(ValueError, match=r"spec.monitoring.exporter.scrapeFrom\[0\] needs a podSelector"):
+            network_policy(ID, s, None)
+
+    def test_crd_defaults_match_the_model(self) -> None:
+        schema = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        props = schema["monitoring"]["properties"]["exporter"]["properties"]
+        model = MqttInstanceSpec().monitoring.exporter
+        assert props["enabled"]["default"] is model.enabled
+        assert props["port"]["default"] == model.port
+        assert props["sysIntervalSeconds"]["default"] == model.sys_interval_seconds

@@ -168,6 +168,16 @@ A worker's (or broker's) series name the custom resource it belongs to: owner_ki
 functiontrigger, replicationtask, mqttinstance) and owner_name, from the Pod's labels. Not `kind` and
 `name`: bridge_failed_total has a `kind` label of its own.
 */}}
+{{- /*
+The broker exporter turns every $SYS topic into a gauge: the broker plugin's client events
+($SYS/mqtt-operator/client-events, JSON) would become a meaningless mqtt_operator_client_events.
+*/}}
+{{- define "mqtt-operator.exporterMetricRelabelings" -}}
+- sourceLabels: [__name__]
+  regex: mqtt_operator_client_events
+  action: drop
+{{- end }}
+
 {{- define "mqtt-operator.ownerRelabelings" -}}
 - sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_name]
   targetLabel: owner_kind

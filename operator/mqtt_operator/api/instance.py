@@ -112,6 +112,24 @@ class Toleration(Model):
     toleration_seconds: int | None = None
 
 
+class Exporter(Model):
+    """The broker's Prometheus exporter, a sidecar of the broker Pod reading Mosquitto's $SYS topics."""
+
+    enabled: bool = False
+    # None: the operator's default (--exporter-image, resources/statefulset.py).
+    image: str | None = None
+    port: int = 9234
+    # How often Mosquitto publishes its $SYS figures (sys_interval), in seconds: the exporter's resolution.
+    sys_interval_seconds: int = 10
+    resources: dict[str, Any] | None = None
+    # Who else may scrape the metrics port when spec.networkPolicy is on (besides the broker's own peers).
+    scrape_from: tuple[NetworkPeer, ...] = ()
+
+
+class Monitoring(Model):
+    exporter: Exporter = Exporter()
+
+
 class MqttInstanceSpec(Model):
     engine: Literal["mosquitto"] = "mosquitto"
     image: str | None = None
@@ -127,6 +145,7 @@ class MqttInstanceSpec(Model):
     limits: Limits = Limits()
     persistence: Persistence = Persistence()
     config: ExtraConfig = ExtraConfig()
+    monitoring: Monitoring = Monitoring()
     resources: dict[str, Any] | None = None
     node_selector: dict[str, str] = {}
     tolerations: tuple[Toleration, ...] = ()

@@ -33,6 +33,21 @@ def _password_of(manifest: Mapping[str, Any]) -> str:
     return password
 
 
+def with_operator_images(
+    spec: MqttInstanceSpec, broker_image: str | None, exporter_image: str | None
+) -> MqttInstanceSpec:
+    """The spec with the operator's image defaults (--broker-image, --exporter-image) where it names none."""
+    if not spec.image and broker_image:
+        spec = spec.model_copy(update={"image": broker_image})
+    exporter = spec.monitoring.exporter
+    if not exporter.image and exporter_image:
+        monitoring = spec.monitoring.model_copy(
+            update={"exporter": exporter.model_copy(update={"image": exporter_image})}
+        )
+        spec = spec.model_copy(update={"monitoring": monitoring})
+    return spec
+
+
 async def reconcile_instance(
     body: Mapping[str, Any], client: AsyncClient, pool: BrokerPool, settings: OperatorSettings
 ) -> Outcome:
@@ -42,8 +57,7 @@ async def reconcile_instance(
         spec = MqttInstanceSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
         return not_ready("InvalidSpec", f"spec cannot be read: {err.errors()[0]['msg']}")
-    if not spec.image and settings.broker_image:
-        spec = spec.model_copy(update={"image": settings.broker_image})
+    spec = with_operator_images(spec, settings.broker_image, settings.exporter_image)
     identity = InstanceIdentity(name=name, namespace=namespace, uid=meta["uid"])
     current = await read_secret(client, namespace, admin_secret_name(name))
     try:

@@ -267,6 +267,17 @@ def render_mosquitto_conf(spec: MqttInstanceSpec, paths: BrokerPaths = IN_POD_PA
             "spec.sessions.maxInflightMessages", spec.sessions.max_inflight_messages, 0, 65535
         ),
         max_packet_size=_max_packet_size(spec),
+        # Only with the exporter, so that turning it on is the only change existing brokers see.
+        sys_interval=(
+            checked_int(
+                "spec.monitoring.exporter.sysIntervalSeconds",
+                spec.monitoring.exporter.sys_interval_seconds,
+                1,
+                3600,
+            )
+            if spec.monitoring.exporter.enabled
+            else None
+        ),
         max_connections=checked_int(
             "spec.limits.maxConnections", spec.limits.max_connections, -1, _INT32_MAX
         ),

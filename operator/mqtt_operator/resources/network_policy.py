@@ -18,7 +18,7 @@ def network_policy_name(instance_name: str) -> str:
     return f"{instance_name}-broker"
 
 
-def _peer(index: int, peer: NetworkPeer) -> dict[str, Any]:
+def _peer(index: int, peer: NetworkPeer, field: str = "spec.networkPolicy.allowFrom") -> dict[str, Any]:
     # Both selectors in one peer mean "these Pods in these namespaces", as in the CR.
     result: dict[str, Any] = {}
     if peer.pod_selector is not None:
@@ -27,9 +27,7 @@ def _peer(index: int, peer: NetworkPeer) -> dict[str, Any]:
         result["namespaceSelector"] = {"matchLabels": dict(peer.namespace_selector.match_labels)}
     if not result:
         # The API server refuses an empty peer, and would then refuse the whole policy.
-        raise ValueError(
-            f"spec.networkPolicy.allowFrom[{index}] needs a podSelector, a namespaceSelector or both"
-        )
+        raise ValueError(f"{field}[{index}] needs a podSelector, a namespaceSelector or both")
     return result
 
 
@@ -51,6 +49,16 @@ def network_policy(
     if operator_namespace is not None:
         peers.append({"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: operator_namespace}}})
     ports = [{"protocol": "TCP", "port": listener.port} for listener in spec.listeners.enabled().values()]
+    ingress: list[dict[str, Any]] = [{"from": peers, "ports": ports}]
+    exporter = spec.monitoring.exporter
+    if exporter.enabled:
+        # The metrics port: the same peers (the operator's namespace among them), and the scrapers
+        # named in scrapeFrom (Prometheus' namespace), which reach only this port.
+        scrapers = peers + [
+            _peer(i, peer, "spec.monitoring.exporter.scrapeFrom")
+            for i, peer in enumerate(exporter.scrape_from)
+        ]
+        ingress.append({"from": scrapers, "ports": [{"protocol": "TCP", "port": exporter.port}]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -58,6 +66,6 @@ def network_policy(
         "spec": {
             "podSelector": {"matchLabels": identity.selector_labels(BROKER_COMPONENT)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": ports}],
+            "ingress": ingress,
         },
     }

@@ -13,6 +13,13 @@ from mqtt_operator.resources.mosquitto_conf import IN_POD_PATHS, BrokerPaths
 from mqtt_operator.resources.services import headless_service_name
 
 DEFAULT_IMAGE = "eclipse-mosquitto:2.0.22"
+# sapcc/mosquitto-exporter's own image of its latest release; images/mosquitto-exporter builds the same
+# program (the chart's exporterImage, the operator's --exporter-image override it).
+DEFAULT_EXPORTER_IMAGE = "sapcc/mosquitto-exporter:0.8.0"
+EXPORTER_CONTAINER = "exporter"
+METRICS_PORT_NAME = "metrics"
+# The exporter's MQTT client id, so the broker's log and `kubectl mqtt clients` name it.
+EXPORTER_CLIENT_ID = "mqtt-operator-exporter"
 BROKER_UID = 1883  # the mosquitto user of the eclipse-mosquitto image
 DATA_VOLUME = "data"
 CONFIG_VOLUME = "config"
@@ -32,6 +39,28 @@ fi
 
 def broker_image(spec: MqttInstanceSpec) -> str:
     return spec.image or DEFAULT_IMAGE
+
+
+def exporter_image(spec: MqttInstanceSpec) -> str:
+    return spec.monitoring.exporter.image or DEFAULT_EXPORTER_IMAGE
+
+
+def exporter_listener_port(spec: MqttInstanceSpec) -> int:
+    """The plain-TCP listener the exporter reads $SYS from on localhost (it speaks neither TLS to a
+    server it cannot verify nor websockets)."""
+    exporter = spec.monitoring.exporter
+    listeners = spec.listeners.enabled()
+    if any(listener.port == exporter.port for listener in listeners.values()):
+        raise ValueError(
+            f"spec.monitoring.exporter.port {exporter.port} is a listener's port: choose another port"
+        )
+    mqtt = listeners.get("mqtt")
+    if mqtt is None or mqtt.tls is not None:
+        raise ValueError(
+            "spec.monitoring.exporter needs spec.listeners.mqtt without tls: the exporter reads the "
+            "broker's $SYS topics over plain MQTT on localhost"
+        )
+    return mqtt.port
 
 
 def _container_security_context() -> dict[str, Any]:
@@ -136,6 +165,46 @@ def _broker_container(spec: MqttInstanceSpec, paths: BrokerPaths) -> dict[str, A
     return container
 
 
+def _exporter_container(identity: InstanceIdentity, spec: MqttInstanceSpec) -> dict[str, Any]:
+    """mosquitto-exporter reading $SYS/# on localhost; it serves /metrics only once connected and
+    subscribed, so the readiness probe on the metrics port says the broker's figures are flowing."""
+    exporter = spec.monitoring.exporter
+    env: list[dict[str, Any]] = [
+        {"name": "BROKER_ENDPOINT", "value": f"tcp://127.0.0.1:{exporter_listener_port(spec)}"},
+        {"name": "BIND_ADDRESS", "value": f":{exporter.port}"},
+        {"name": "MQTT_CLIENT_ID", "value": EXPORTER_CLIENT_ID},
+    ]
+    if spec.authorization.enabled:
+        # The admin account may subscribe to $SYS/#; its password reaches the exporter only through
+        # the environment, from the Secret (never in the manifest's args).
+        env += [
+            {"name": "MQTT_USER", "value": ADMIN_USERNAME},
+            {
+                "name": "MQTT_PASS",
+                "valueFrom": {
+                    "secretKeyRef": {"name": admin_secret_name(identity.name), "key": PASSWORD_KEY}
+                },
+            },
+        ]
+    container: dict[str, Any] = {
+        "name": EXPORTER_CONTAINER,
+        "image": exporter_image(spec),
+        "env": env,
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": exporter.port, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/metrics", "port": METRICS_PORT_NAME},
+            "initialDelaySeconds": 0,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "securityContext": _container_security_context(),
+    }
+    if exporter.resources:
+        container["resources"] = copy.deepcopy(exporter.resources)
+    return container
+
+
 def _pod_spec(identity: InstanceIdentity, spec: MqttInstanceSpec, paths: BrokerPaths) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "securityContext": {
@@ -154,6 +223,8 @@ def _pod_spec(identity: InstanceIdentity, spec: MqttInstanceSpec, paths: BrokerP
         "containers": [_broker_container(spec, paths)],
         "volumes": _volumes(identity, spec),
     }
+    if spec.monitoring.exporter.enabled:
+        pod["containers"].append(_exporter_container(identity, spec))
     if spec.authorization.enabled:
         pod["initContainers"] = [_init_container(identity, spec, paths)]
     if spec.image_pull_secrets:
