@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.integration.operator_stack import Stack, operator_stack
+from tests.integration.operator_stack import ADMIN, Stack, operator_stack
 from tests.integration.test_alerts import Prometheus
 from tests.integration.test_bridge_helpers import paho_publish, wait_for
 from tests.integration.test_trigger import MQFT, NAME, WORKLOAD, Function, car_account, trigger
 
 from testenv.kube import ControlPlane
-from testenv.paths import tool, versions
-from testenv.process import free_port
+from testenv.paths import run_dir, tool, versions
+from testenv.process import Server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -34,18 +34,11 @@ RULES = REPO / "charts" / "mqtt-operator" / "files" / "alerts.yaml"
 LOST = "lost-trigger"  # a FunctionTrigger bound to no instance: not Ready, so "not Ready" queries see it
 
 KUBE_STATE_METRICS = "reads kube-state-metrics (kube_statefulset_*), which this test does not run"
-BROKER_EXPORTER = "reads the brokers' Mosquitto exporter (broker_*), not part of the broker Pods yet"
 # Queries that cannot return a series here, by panel title or alert name, and why. The test checks this
 # list is exactly the queries that read those sources, and that each still evaluates without an error.
 EXEMPT_PANELS = {
     "Workers ready (kube-state-metrics)": KUBE_STATE_METRICS,
     "Broker Pods ready (kube-state-metrics)": KUBE_STATE_METRICS,
-    "Clients connected": BROKER_EXPORTER,
-    "Messages received and sent": BROKER_EXPORTER,
-    "Messages queued": BROKER_EXPORTER,
-    "Messages dropped": BROKER_EXPORTER,
-    "Subscriptions": BROKER_EXPORTER,
-    "Bytes received and sent": BROKER_EXPORTER,
 }
 EXEMPT_ALERTS = {"MqttWorkersNotReady": KUBE_STATE_METRICS, "MqttBrokerDown": KUBE_STATE_METRICS}
 # A healthy run makes no reconcile error and no failed broker command, so these series do not exist:
@@ -71,7 +64,7 @@ COMPARISON_DROPPED = {
     "MqttOperatorWorkerScrapeFailing",
 }
 COMPARISON = re.compile(r"\s*(==|!=|>=|<=|>|<)\s*[0-9.]+(?![\w.])")
-OUTSIDE_SOURCES = re.compile(r"\bkube_|\bbroker_")
+OUTSIDE_SOURCES = re.compile(r"\bkube_")
 
 
 def panels() -> list[dict[str, Any]]:
@@ -199,6 +192,22 @@ def test_every_panel_and_alert_query_returns_series_from_a_real_prometheus(
         interval=1,
     )
     stack.start_worker(WORKLOAD, metrics_port)
+    # The broker's exporter, as the MqttInstance's sidecar runs it (spec.monitoring.exporter), on the
+    # stack's broker with the admin account.
+    exporter_port = free_port()
+    exporter = Server(
+        "mosquitto-exporter",
+        [tool("mosquitto-exporter")],
+        run_dir() / f"exporter-{exporter_port}.log",
+        env={
+            "BROKER_ENDPOINT": f"tcp://127.0.0.1:{stack.port}",
+            "BIND_ADDRESS": f"127.0.0.1:{exporter_port}",
+            "MQTT_USER": ADMIN,
+            "MQTT_PASS": stack.secret("devices-admin"),
+            "MQTT_CLIENT_ID": "devices-exporter",
+        },
+    )
+    exporter.start()
     prometheus = Prometheus(
         {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -229,6 +238,21 @@ def test_every_panel_and_alert_query_returns_series_from_a_real_prometheus(
                         }
                     ],
                 },
+                {
+                    # As the chart's PodMonitor for the brokers' exporter sidecars.
+                    "job_name": "broker-exporter",
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{exporter_port}"],
+                            "labels": {
+                                "namespace": ns,
+                                "pod": "devices-0",
+                                "owner_kind": "mqttinstance",
+                                "owner_name": "devices",
+                            },
+                        }
+                    ],
+                },
             ],
         }
     )
@@ -242,7 +266,7 @@ def test_every_panel_and_alert_query_returns_series_from_a_real_prometheus(
             return result
 
         # Counters first seen at 0, then traffic: 5 messages, the function refuses the first 2 (dead letters).
-        wait_for("both targets scraped", lambda: len(query("up == 1")) == 2, 30)
+        wait_for("the three targets scraped", lambda: len(query("up == 1")) == 3, 60)
         wait_for("the worker's counters in Prometheus", lambda: query("bridge_received_total"), 30)
         function.statuses = [400, 400]
         auth = car_account(stack)
@@ -302,3 +326,4 @@ def test_every_panel_and_alert_query_returns_series_from_a_real_prometheus(
         assert dead["metric"]["owner_name"] == NAME and dead["metric"]["owner_kind"] == "functiontrigger"
     finally:
         prometheus.stop()
+        exporter.stop()
