@@ -83,6 +83,15 @@ def alerts() -> dict[str, str]:
     return {r["alert"]: r["expr"] for group in groups for r in group["rules"] if "alert" in r}
 
 
+def keda_example() -> dict[str, Any]:
+    """The ScaledObject docs/observability.md shows."""
+    text = (REPO / "docs" / "observability.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    (found,) = [b for b in blocks if "kind: ScaledObject" in b]
+    obj: dict[str, Any] = yaml.safe_load(found)
+    return obj
+
+
 def substitute(expr: str, values: dict[str, str]) -> str:
     """What Grafana sends: `$var` and `${var}` replaced (a single value is its own regex)."""
     return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
@@ -307,6 +316,17 @@ def test_every_panel_and_alert_query_returns_series_from_a_real_prometheus(
             if name in COMPARISON_DROPPED:
                 expr = COMPARISON.sub("", expr)
             checks[what] = expr
+
+        # The KEDA ScaledObject of docs/observability.md, pointed at this run's trigger.
+        keda = keda_example()["spec"]["triggers"][0]["metadata"]["query"]
+        for a, b in (
+            ('namespace="iot"', f'namespace="{ns}"'),
+            ('"kafkaconnector"', '"functiontrigger"'),
+            ('"vehicle-state-to-kafka"', f'"{NAME}"'),
+        ):
+            assert a in keda, (a, keda)
+            keda = keda.replace(a, b)
+        checks["the KEDA example's query"] = keda
 
         def empty() -> dict[str, str]:
             return {what: expr for what, expr in checks.items() if not query(expr)}
