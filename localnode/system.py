@@ -43,12 +43,6 @@ def install_operator(node: Node, drift_period: float = 30) -> None:
     """`helm install` of the chart with the images built here, cluster-wide (every test namespace)."""
     built = images()
     repository, tag = _split(built["mqtt-operator"]["ref"])
-    # The broker's metrics exporter (spec.monitoring.exporter) from images/mosquitto-exporter.
-    exporter = (
-        ["--set", f"exporterImage={built['mosquitto-exporter']['ref']}"]
-        if "mosquitto-exporter" in built
-        else []
-    )
     helm(
         node,
         "install",
@@ -68,7 +62,6 @@ def install_operator(node: Node, drift_period: float = 30) -> None:
         "rbac.clusterWide=true",
         "--set",
         f"brokerImage={built['mosquitto']['ref']}",
-        *exporter,
         "--set",
         f"driftPeriodSeconds={drift_period}",
         "--wait",

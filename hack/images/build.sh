@@ -24,7 +24,7 @@ manifest="$out/images.json"
 # The CA bundle pip needs behind the TLS-intercepting proxy; mounted for the pip step only.
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 ISOLATION="${BUILDAH_ISOLATION:-chroot}"
-ALL=(mqtt-operator mosquitto kafka rocketmq battery-alerts pause coredns local-path-provisioner mosquitto-exporter)
+ALL=(mqtt-operator mosquitto kafka rocketmq battery-alerts pause coredns local-path-provisioner)
 OPERATOR_VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/pyproject.toml" | head -n1)"
 
 usage() { echo "usage: $0 [--force] [--list] [${ALL[*]// /|}]..." >&2; exit 2; }
@@ -132,8 +132,6 @@ define() {
     local-path-provisioner)
       ref="localhost/local-path-provisioner:$LOCAL_PATH_PROVISIONER_VERSION"
       extra="$(binary_hash local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION")" ;;
-    mosquitto-exporter)
-      ref="localhost/mosquitto-exporter:$MOSQUITTO_EXPORTER_VERSION" extra="$(exporter_hash)" ;;
     *) echo "unknown image $1 (known: ${ALL[*]})" >&2; exit 2 ;;
   esac
 }
@@ -151,13 +149,6 @@ binary_hash() {
     bash "$repo/hack/testenv/build-go-tools.sh" "$1" >&2
   fi
   sha256sum < "$bin" | cut -d' ' -f1
-}
-
-# The exporter's stamp holds a hash of its source as well as the version, so build-go-tools.sh decides
-# (a lookup once built).
-exporter_hash() {
-  bash "$repo/hack/testenv/build-go-tools.sh" mosquitto-exporter >&2
-  sha256sum < "$TESTENV_DIR/bin/mosquitto-exporter" | cut -d' ' -f1
 }
 
 # The broker plugin's sources (broker-plugin/), which the mosquitto image builds in a stage of its own.
@@ -202,7 +193,7 @@ stage_context() {
       || cp -a "$TESTENV_DIR/rocketmq/$ROCKETMQ_VERSION/lib" "$c/lib" ;;
     mosquitto) mkdir "$c/broker-plugin" && cp -a "$repo/broker-plugin/Makefile" "$repo/broker-plugin/"*.[ch] "$c/broker-plugin/" ;;
     pause) gcc -Os -static -Wall -Werror -o "$c/pause" "$c/pause.c" && strip "$c/pause" ;;
-    coredns|local-path-provisioner|mosquitto-exporter) cp "$TESTENV_DIR/bin/$name" "$c/$name" ;;
+    coredns|local-path-provisioner) cp "$TESTENV_DIR/bin/$name" "$c/$name" ;;
   esac
   ctx="$c"
 }

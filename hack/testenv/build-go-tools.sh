@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Builds Kubernetes (the API server, kubectl and the node's components), etcd, helm, kubeconform,
 # health-lua (the Argo CD health checks' interpreter), kstatus (Flux's status library), dashboard-lint
-# (the Grafana dashboard's linter), Prometheus (promtool and the server) and the broker's Prometheus
-# exporter (mosquitto-exporter, a copy of its source in hack/testenv/mosquitto-exporter/) from source
-# through the Go module proxy, and takes the Prometheus Operator's CRDs from its module.
+# (the Grafana dashboard's linter) and Prometheus (promtool and the server) from source through the Go
+# module proxy, and takes the Prometheus Operator's CRDs from its module.
 # Each binary is built once into $TESTENV_DIR/bin; a binary already there with the right version is kept.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -133,18 +132,6 @@ build_local_path_provisioner() {
   build_plain local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" github.com/rancher/local-path-provisioner
 }
 
-build_mosquitto_exporter() {
-  # sapcc/mosquitto-exporter: the Go module proxy does not serve its module, so its source (Apache-2.0,
-  # commit MOSQUITTO_EXPORTER_VERSION) is kept in hack/testenv/mosquitto-exporter/ unchanged; its
-  # go.mod and go.sum pin the dependencies, which come from the proxy. Rebuilt when the source changes.
-  local src="$here/mosquitto-exporter" v
-  v="$MOSQUITTO_EXPORTER_VERSION+$(cat "$src"/go.mod "$src"/go.sum "$src"/*.go | sha256sum | cut -c1-16)"
-  stamp_ok mosquitto-exporter "$v" && return 0
-  (cd "$src" && go build -ldflags "-s -w -X main.Version=$MOSQUITTO_EXPORTER_VERSION -X main.GITCOMMIT=$MOSQUITTO_EXPORTER_VERSION" \
-    -o "$bin/mosquitto-exporter" .)
-  stamp mosquitto-exporter "$v"
-}
-
 build_prometheus() {
   # The module's v0.316.0 is Prometheus 3.16.0; the version is stamped so `promtool --version` says so.
   # The server is built without the `builtinassets` tag: the web UI's compiled assets are not in the
@@ -187,7 +174,6 @@ case "${1:-all}" in
   dashboard-lint) build_dashboard_lint ;;
   prometheus) build_prometheus ;;
   monitoring-crds) fetch_monitoring_crds ;;
-  mosquitto-exporter) build_mosquitto_exporter ;;
   all)
     build_etcd
     build_helm
@@ -200,7 +186,6 @@ case "${1:-all}" in
     build_dashboard_lint
     build_prometheus
     fetch_monitoring_crds
-    build_mosquitto_exporter
     ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner|health-lua|kstatus|dashboard-lint|prometheus|monitoring-crds|mosquitto-exporter]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|kubeconform|coredns|local-path-provisioner|health-lua|kstatus|dashboard-lint|prometheus|monitoring-crds]" >&2; exit 2 ;;
 esac

@@ -79,8 +79,8 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("MQTT_OPERATOR_EXPORTER_IMAGE") or None,
         metavar="IMAGE",
         help="image of the broker's metrics exporter sidecar (spec.monitoring.exporter) of every "
-        "MqttInstance that names none (default: sapcc/mosquitto-exporter); "
-        "also $MQTT_OPERATOR_EXPORTER_IMAGE",
+        "MqttInstance that names none (default: the worker image, which runs `mqtt-operator "
+        "broker-exporter`); also $MQTT_OPERATOR_EXPORTER_IMAGE",
     )
     run.add_argument(
         "--worker-metrics-address",
@@ -103,6 +103,14 @@ def parser() -> argparse.ArgumentParser:
     bridge.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     bridge.add_argument("--log-format", default="json", choices=["json", "text"])
 
+    exporter = sub.add_parser(
+        "broker-exporter",
+        help="serve a broker's $SYS figures for Prometheus (the MqttInstance's exporter sidecar; "
+        "configured by BROKER_ENDPOINT, BIND_ADDRESS, MQTT_USER, MQTT_PASS, MQTT_CLIENT_ID)",
+    )
+    exporter.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    exporter.add_argument("--log-format", default="json", choices=["json", "text"])
+
     sub.add_parser("version", help="print the version")
     return p
 
@@ -117,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mqtt_operator.bridge.program import main as bridge_main  # it never imports kopf
 
         return bridge_main(args.config, args.replica_id)
+    if args.command == "broker-exporter":
+        logs.configure(args.log_level, args.log_format)
+        from mqtt_operator.broker.exporter import main as exporter_main  # it never imports kopf
+
+        return exporter_main()
     namespaces = tuple(args.namespace) or (
         () if args.all_namespaces else OperatorSettings.default_namespaces()
     )

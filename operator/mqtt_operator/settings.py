@@ -36,7 +36,7 @@ class OperatorSettings:
     # built from images/mosquitto. None keeps the built-in default (resources/statefulset.py).
     broker_image: str | None = None
     # The exporter sidecar's image of every MqttInstance with spec.monitoring.exporter on and no image of
-    # its own: a mirror, or the image built from images/mosquitto-exporter. None keeps the built-in default.
+    # its own (it runs `mqtt-operator broker-exporter`). None: the worker image.
     exporter_image: str | None = None
     # "namespace/connector" -> ("host:port", ...): where to read that connector's workers' /metrics
     # when the operator runs outside the cluster (in a cluster: the worker Pods' IPs).

@@ -1,11 +1,13 @@
-"""The broker's metrics exporter (spec.monitoring.exporter): the mosquitto-exporter binary built by
-hack/testenv/build-go-tools.sh, configured by the environment the StatefulSet builder gives its sidecar,
+"""The broker's metrics exporter (spec.monitoring.exporter): `mqtt-operator broker-exporter`, configured
+by the environment the StatefulSet builder gives its sidecar,
 against a real Mosquitto run from the mosquitto.conf the operator renders (dynamic security on, so the
 exporter logs in as the admin account, as in the Pod). The figures must move when a device publishes."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -95,7 +97,10 @@ def broker() -> Iterator[Mosquitto]:
 def start_exporter(broker: Mosquitto, password: str, log: Path) -> tuple[Server, int]:
     port = free_port()
     server = Server(
-        "mosquitto-exporter", [tool("mosquitto-exporter")], log, env=exporter_env(broker.port, port, password)
+        "broker-exporter",
+        [sys.executable, "-m", "mqtt_operator", "broker-exporter", "--log-format", "text"],
+        log,
+        env=exporter_env(broker.port, port, password),
     )
     server.start()
     return server, port
@@ -108,7 +113,9 @@ def test_exporter_serves_the_brokers_figures_as_they_move(broker: Mosquitto) -> 
         # ones of before it connected; a second later the broker publishes figures that count the exporter.
         before = wait_for_metrics(
             port,
-            lambda m: m.get("broker_clients_connected", 0) >= 1 and "broker_publish_messages_received" in m,
+            lambda m: (
+                m.get("broker_clients_connected", 0) >= 1 and "broker_publish_messages_received_total" in m
+            ),
             "the first $SYS figures counting the exporter's own connection",
         )
         # A device (the admin account here: any account may publish) connects and publishes 25 messages.
@@ -123,26 +130,36 @@ def test_exporter_serves_the_brokers_figures_as_they_move(broker: Mosquitto) -> 
                 port,
                 lambda m: (
                     m["broker_clients_connected"] >= before["broker_clients_connected"] + 1
-                    and m["broker_publish_messages_received"]
-                    >= before["broker_publish_messages_received"] + 25
+                    and m["broker_publish_messages_received_total"]
+                    >= before["broker_publish_messages_received_total"] + 25
                 ),
                 "the device's connection and its 25 PUBLISHes",
             )
         finally:
             device.loop_stop()
             device.disconnect()
-        assert during["broker_messages_received"] > before["broker_messages_received"]
-        assert during["broker_bytes_received"] > before["broker_bytes_received"]
-        assert during["broker_clients_total"] >= 2
+        assert during["broker_messages_received_total"] > before["broker_messages_received_total"]
+        assert during["broker_bytes_received_total"] > before["broker_bytes_received_total"]
+        assert during["broker_clients_known"] >= 2
         # The device left: connected falls back while the totals stay.
         after = wait_for_metrics(
             port,
             lambda m: m["broker_clients_connected"] == before["broker_clients_connected"],
             "the device's disconnect",
         )
-        assert after["broker_publish_messages_received"] >= during["broker_publish_messages_received"]
-        assert "broker_publish_messages_dropped" in after
-        assert "broker_subscriptions_count" in after
+        assert (
+            after["broker_publish_messages_received_total"]
+            >= during["broker_publish_messages_received_total"]
+        )
+        assert "broker_publish_messages_dropped_total" in after
+        assert "broker_subscriptions" in after
+        # Prometheus's own linter on the real exposition (counters end in _total, every series has help).
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        lint = subprocess.run(
+            [tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert lint.returncode == 0, lint.stdout + lint.stderr
     finally:
         exporter.stop()
 

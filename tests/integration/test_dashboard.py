@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -205,8 +206,8 @@ def test_every_panel_and_alert_query_returns_series_from_a_real_prometheus(
     # stack's broker with the admin account.
     exporter_port = free_port()
     exporter = Server(
-        "mosquitto-exporter",
-        [tool("mosquitto-exporter")],
+        "broker-exporter",
+        [sys.executable, "-m", "mqtt_operator", "broker-exporter", "--log-format", "text"],
         run_dir() / f"exporter-{exporter_port}.log",
         env={
             "BROKER_ENDPOINT": f"tcp://127.0.0.1:{stack.port}",

@@ -33,15 +33,6 @@ def test_prometheus_binaries_report_the_pinned_version(binary: str) -> None:
     assert out.stdout.startswith(f"{binary}, version {release} "), out.stdout
 
 
-def test_mosquitto_exporter_reports_the_pinned_commit() -> None:
-    """The copy in hack/testenv/mosquitto-exporter/ is built stamped with MOSQUITTO_EXPORTER_VERSION."""
-    version = versions()["MOSQUITTO_EXPORTER_VERSION"]
-    out = subprocess.run(
-        [tool("mosquitto-exporter"), "--version"], capture_output=True, text=True, check=True, timeout=30
-    )
-    assert out.stdout.startswith(f"Mosquitto exporter version {version} ({version}), go"), out.stdout
-
-
 def test_rbac_is_enforced_for_users_without_grants(control_plane: ControlPlane) -> None:
     assert control_plane.kubectl("auth", "can-i", "create", "deployments").stdout.strip() == "yes"
     denied = control_plane.kubectl("auth", "can-i", "create", "deployments", "--as", "nobody", check=False)

@@ -69,8 +69,8 @@ def test_exporter_image_comes_from_the_flag_or_the_environment(monkeypatch: pyte
     monkeypatch.delenv("MQTT_OPERATOR_EXPORTER_IMAGE", raising=False)
     assert parser().parse_args(["run"]).exporter_image is None  # the built-in default stays
     assert parser().parse_args(["run", "--exporter-image", "m/exp:1"]).exporter_image == "m/exp:1"
-    monkeypatch.setenv("MQTT_OPERATOR_EXPORTER_IMAGE", "localhost/mosquitto-exporter:e097dec")
-    assert parser().parse_args(["run"]).exporter_image == "localhost/mosquitto-exporter:e097dec"
+    monkeypatch.setenv("MQTT_OPERATOR_EXPORTER_IMAGE", "mirror.example/mqtt-operator:0.1.0")
+    assert parser().parse_args(["run"]).exporter_image == "mirror.example/mqtt-operator:0.1.0"
 
 
 def test_operator_images_fill_only_what_the_spec_leaves_empty() -> None:

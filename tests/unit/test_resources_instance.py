@@ -751,7 +751,7 @@ def pod_containers(s: MqttInstanceSpec) -> dict[str, dict[str, Any]]:
 
 
 class TestExporterSidecar:
-    """spec.monitoring.exporter: mosquitto-exporter beside the broker, reading $SYS/# on localhost."""
+    """spec.monitoring.exporter: `mqtt-operator broker-exporter` beside the broker, on localhost."""
 
     def test_off_by_default_and_nothing_changes(self) -> None:
         assert MqttInstanceSpec().monitoring.exporter.enabled is False
@@ -797,7 +797,8 @@ class TestExporterSidecar:
             "name": "MQTT_PASS",
             "valueFrom": {"secretKeyRef": {"name": admin_secret_name("devices"), "key": "password"}},
         }
-        assert "args" not in exporter and "command" not in exporter
+        # The image's entrypoint is `mqtt-operator`; the password is in no argument.
+        assert exporter["args"] == ["broker-exporter"] and "command" not in exporter
         objects = build_instance_objects(ID, exporter_spec(), admin_password=PASSWORD)
         sts = next(o for o in objects if o["kind"] == "StatefulSet")
         assert PASSWORD not in json.dumps(sts)

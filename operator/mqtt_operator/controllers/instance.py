@@ -57,7 +57,8 @@ async def reconcile_instance(
         spec = MqttInstanceSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
         return not_ready("InvalidSpec", f"spec cannot be read: {err.errors()[0]['msg']}")
-    spec = with_operator_images(spec, settings.broker_image, settings.exporter_image)
+    # The exporter is `mqtt-operator broker-exporter` in the workers' image unless told otherwise.
+    spec = with_operator_images(spec, settings.broker_image, settings.exporter_image or settings.worker_image)
     identity = InstanceIdentity(name=name, namespace=namespace, uid=meta["uid"])
     current = await read_secret(client, namespace, admin_secret_name(name))
     try:

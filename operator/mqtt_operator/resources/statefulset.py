@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from mqtt_operator import __version__
 from mqtt_operator.api.instance import MqttInstanceSpec
 from mqtt_operator.resources.admin_secret import ADMIN_USERNAME, PASSWORD_KEY, admin_secret_name
 from mqtt_operator.resources.broker_config import CONFIG_HASH_ANNOTATION, config_map_name
@@ -13,9 +14,10 @@ from mqtt_operator.resources.mosquitto_conf import IN_POD_PATHS, BrokerPaths
 from mqtt_operator.resources.services import headless_service_name
 
 DEFAULT_IMAGE = "eclipse-mosquitto:2.0.22"
-# sapcc/mosquitto-exporter's own image of its latest release; images/mosquitto-exporter builds the same
-# program (the chart's exporterImage, the operator's --exporter-image override it).
-DEFAULT_EXPORTER_IMAGE = "sapcc/mosquitto-exporter:0.8.0"
+# The operator's own image runs the exporter (`mqtt-operator broker-exporter`, broker/exporter.py); the
+# operator passes its worker image (--worker-image), the chart's exporterImage or --exporter-image
+# override it. This default only applies to a spec built without the operator.
+DEFAULT_EXPORTER_IMAGE = f"mqtt-operator:{__version__}"
 EXPORTER_CONTAINER = "exporter"
 METRICS_PORT_NAME = "metrics"
 # The exporter's MQTT client id, so the broker's log and `kubectl mqtt clients` name it.
@@ -166,8 +168,8 @@ def _broker_container(spec: MqttInstanceSpec, paths: BrokerPaths) -> dict[str, A
 
 
 def _exporter_container(identity: InstanceIdentity, spec: MqttInstanceSpec) -> dict[str, Any]:
-    """mosquitto-exporter reading $SYS/# on localhost; it serves /metrics only once connected and
-    subscribed, so the readiness probe on the metrics port says the broker's figures are flowing."""
+    """`mqtt-operator broker-exporter` reading $SYS/broker/# on localhost; it serves /metrics only while
+    connected and with figures, so the readiness probe on the metrics port says they are flowing."""
     exporter = spec.monitoring.exporter
     env: list[dict[str, Any]] = [
         {"name": "BROKER_ENDPOINT", "value": f"tcp://127.0.0.1:{exporter_listener_port(spec)}"},
@@ -189,6 +191,7 @@ def _exporter_container(identity: InstanceIdentity, spec: MqttInstanceSpec) -> d
     container: dict[str, Any] = {
         "name": EXPORTER_CONTAINER,
         "image": exporter_image(spec),
+        "args": ["broker-exporter"],
         "env": env,
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": exporter.port, "protocol": "TCP"}],
         "readinessProbe": {
