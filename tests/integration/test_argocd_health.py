@@ -9,7 +9,6 @@ test runs on is an object the operator wrote.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import os
@@ -21,9 +20,9 @@ from typing import Any
 
 import pytest
 import yaml
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from hack import argocd_health
 from tests.integration.operator_stack import MetricsServer, Stack, operator_stack
+from tests.integration.test_bridge_helpers import create_topic
 from tests.integration.test_kstatus import expected_kstatus, kstatus
 
 from mqtt_operator.api.kinds import ALL_KINDS, PAUSE_ANNOTATION
@@ -194,18 +193,6 @@ def replication(endpoint: str, **spec: Any) -> dict[str, Any]:
 
 def trigger(url: str, **spec: Any) -> dict[str, Any]:
     return {**DEVICES, "topicFilters": ["vehicles/+/battery"], "function": {"url": url}, **spec}
-
-
-def create_topic(bootstrap: str, name: str) -> None:
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from tests.integration import test_bridge_helpers
 from tests.integration.operator_stack import operator_stack
 from tests.integration.test_bridge_helpers import Subscriber
 
@@ -52,15 +52,7 @@ COUNTED = "counted"  # the connector whose workers' /metrics the fake servers pl
 
 
 def create_topic(bootstrap: str, name: str) -> None:
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
+    test_bridge_helpers.create_topic(bootstrap, name, partitions=2)
 
 
 class FakeWorker:

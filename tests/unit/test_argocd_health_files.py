@@ -6,20 +6,15 @@ import re
 
 from hack import argocd_health
 
+from mqtt_operator.api.kinds import ALL_KINDS
+
 
 def test_generated_files_match_the_source() -> None:
     assert argocd_health.differences() == [], "run `python hack/argocd_health.py`"
 
 
 def test_every_kind_has_its_check_and_cases() -> None:
-    for kind in (
-        "MqttInstance",
-        "AuthUser",
-        "AclPolicy",
-        "KafkaConnector",
-        "ReplicationTask",
-        "FunctionTrigger",
-    ):
+    for kind in (k.kind for k in ALL_KINDS):
         folder = argocd_health.kind_dir(kind)
         assert (folder / "health.lua").is_file(), kind
         assert (folder / "health_test.yaml").is_file(), kind

@@ -10,7 +10,6 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from mqtt_operator import metrics
 from mqtt_operator.api.kinds import ACL_POLICY, AUTH_USER, GROUP, MQTT_INSTANCE, VERSION
 from mqtt_operator.controllers.access import AccessSnapshot, SyncReport
 from mqtt_operator.controllers.entries import (
@@ -24,7 +23,7 @@ from mqtt_operator.controllers.entries import (
 from mqtt_operator.controllers.instance import reconcile_instance
 from mqtt_operator.controllers.outcome import Outcome, not_ready
 from mqtt_operator.handlers.context import OperatorContext
-from mqtt_operator.handlers.reconcile import is_paused, reconcile_with, record
+from mqtt_operator.handlers.reconcile import is_paused, reconcile_with, record, run_reconciler
 from mqtt_operator.kube.apply import get
 from mqtt_operator.kube.client import resource
 from mqtt_operator.kube.status import write_status
@@ -135,9 +134,13 @@ async def drift_repair(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None
     """Timer: re-check the broker and compare it in full with the declared users and policies."""
     ctx: OperatorContext = memo["ctx"]
     meta = body["metadata"]
-    with metrics.ReconcileTimer(MQTT_INSTANCE.kind) as timer:
-        outcome = await reconcile_instance(body, ctx.client, ctx.pool, ctx.settings)
-        timer.result = metrics.reconcile_result(outcome.conditions)
+    # The same entry as the change handlers: a paused instance gets only its paused condition (this
+    # timer used to overwrite it with a fresh Ready) and its broker is left alone.
+    outcome = await run_reconciler(reconcile_mqtt_instance, body, ctx, indexes)
+    if outcome is None:
+        with contextlib.suppress(kopf.TemporaryError):
+            await record(ctx, body, None)
+        return
     report = await _sync(ctx, indexes, meta["namespace"], meta["name"])
     if report.failure is None and report.finished_at:
         outcome = Outcome(
