@@ -13,6 +13,19 @@ import yaml
 
 from testenv.kube import ControlPlane
 
+# A namespace with these labels enforces the latest `restricted` Pod Security level (and warns and audits
+# at it): the API server refuses any Pod below it.
+RESTRICTED_LABELS = {
+    f"pod-security.kubernetes.io/{mode}{suffix}": value
+    for mode in ("enforce", "warn", "audit")
+    for suffix, value in (("", "restricted"), ("-version", "latest"))
+}
+
+
+def restricted_namespace(name: str) -> dict[str, Any]:
+    """The manifest of a namespace `name` with RESTRICTED_LABELS."""
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": RESTRICTED_LABELS}}
+
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 45) -> Any:
     """Poll `check` until it returns something truthy and return it; fail naming `what` and the last value."""

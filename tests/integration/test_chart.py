@@ -48,14 +48,17 @@ ALERTS = CHART / "files" / "alerts.yaml"
 Manifest = dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Helm's cache, config and data in a temporary folder: the tests never read or touch ~/.config/helm."""
-    home = tmp_path_factory.mktemp("helm-home")
+def helm_environment(home: Path) -> dict[str, str]:
+    """Helm's cache, config and data under `home`: the tests never read or touch ~/.config/helm."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HELM_")}
     for kind in ("CACHE", "CONFIG", "DATA"):
         env[f"HELM_{kind}_HOME"] = str(home / kind.lower())
     return env
+
+
+@pytest.fixture(scope="module")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return helm_environment(tmp_path_factory.mktemp("helm-home"))
 
 
 def run(argv: Sequence[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
