@@ -26,22 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from mqtt_operator.api.kinds import ALL_KINDS, AUTH_USER, GROUP
+
 MANAGED_BY = "app.kubernetes.io/managed-by=mqtt-operator"
 GENERATED_KEYS = ("password",)
 # Shorter values would be found in ordinary text (a user's test password "secret"); every password the
 # operator generates has 43 characters.
 MIN_LENGTH = 12
-OUR_KINDS = tuple(
-    f"{plural}.mqtt-operator.io"
-    for plural in (
-        "mqttinstances",
-        "authusers",
-        "aclpolicies",
-        "kafkaconnectors",
-        "replicationtasks",
-        "functiontriggers",
-    )
-)
+OUR_KINDS = tuple(f"{kind.plural}.{GROUP}" for kind in ALL_KINDS)
 OBJECTS = (*OUR_KINDS, "statefulsets.apps", "deployments.apps", "pods", "configmaps", "services")
 
 
@@ -236,7 +228,7 @@ def collect(scan: LeakScan, kubectl: Kubectl, namespace: str | None = None, logs
     namespace when it is None."""
     scope = ["-n", namespace] if namespace else ["--all-namespaces"]
     scan.scopes.append(namespace or "*")
-    users = _items(kubectl, OUR_KINDS[1], scope)
+    users = _items(kubectl, f"{AUTH_USER.plural}.{GROUP}", scope)
     ours = _items(kubectl, "secrets", scope, "-l", MANAGED_BY)
     refs = _password_refs(users)
     # A Secret both labelled and named by an AuthUser comes twice: its passwords are kept once.

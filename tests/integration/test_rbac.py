@@ -32,6 +32,7 @@ from tests.integration.test_chart import (
     run,
 )
 
+from mqtt_operator.api.kinds import ALL_KINDS, GROUP
 from testenv.kube import ControlPlane
 from testenv.paths import tool
 
@@ -41,15 +42,7 @@ RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRo
 Rule = tuple[str, str, str]  # (API group, resource, verb)
 ALL = ("get", "list", "watch", "create", "patch", "update", "delete")
 READ = ("get", "list", "watch")
-GROUP = "mqtt-operator.io"
-KINDS = (
-    "mqttinstances",
-    "authusers",
-    "aclpolicies",
-    "kafkaconnectors",
-    "replicationtasks",
-    "functiontriggers",
-)
+KINDS = tuple(kind.plural for kind in ALL_KINDS)
 
 
 def rules(group: str, resources: tuple[str, ...], verbs: tuple[str, ...]) -> set[Rule]:
