@@ -95,13 +95,16 @@ class Stack(Namespace):
         self.wait_condition(MQACL, name, "True")
         return name, self.secret(f"{name}-credentials")
 
-    def start_worker(self, workload: str, metrics_port: int, ordinal: int = 0) -> WorkerProcess:
+    def start_worker(
+        self, workload: str, metrics_port: int, ordinal: int = 0, credentials: str | None = None
+    ) -> WorkerProcess:
         """What the kubelet would run for Pod `<workload>-<ordinal>`: the config from the ConfigMap the
-        operator wrote (pointed at this broker), the password from the Secret it generated, /metrics on
-        `metrics_port` (where the operator was told to scrape it)."""
+        operator wrote (pointed at this broker), the password from the Secret it generated
+        (`credentials`, by default `<workload>-credentials`), /metrics on `metrics_port` (where the
+        operator was told to scrape it)."""
         config = self.worker_config(workload)
         config["mqtt"] = {**config["mqtt"], "host": "127.0.0.1", "port": self.port}
-        env = {"MQTT_PASSWORD": self.secret(f"{workload}-credentials")}
+        env = {"MQTT_PASSWORD": self.secret(credentials or f"{workload}-credentials")}
         worker = WorkerProcess(config, replica_id=f"{workload}-{ordinal}", port=metrics_port, env=env)
         self.workers.append(worker.start())
         return worker
