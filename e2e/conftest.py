@@ -8,6 +8,7 @@ Every test runs on every target the session has (`targets.names()`), unless it i
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 import pytest
 
 from e2e import targets
-from testenv.cluster import Namespace
+from testenv.cluster import Namespace, restricted_namespace
+from testenv.secret_scan import LeakScan, collect
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,12 +49,26 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
         target.stop()
 
 
+@pytest.fixture(scope="session")
+def leak_scan(cluster: Any) -> LeakScan:
+    """What each test namespace held just before its objects were deleted: the passwords of its Secrets,
+    its Events, objects and container logs (the Secrets and Pods go with the objects, and the kubelet
+    removes a deleted Pod's logs). e2e/test_zz_no_secret_leaked.py searches it, with the whole cluster,
+    at the end of the session."""
+    return LeakScan()
+
+
 @pytest.fixture
-def namespace(cluster: Any) -> Iterator[Namespace]:
-    """A fresh namespace; afterwards its integrations and brokers are deleted, so their Pods stop."""
+def namespace(cluster: Any, leak_scan: LeakScan) -> Iterator[Namespace]:
+    """A fresh namespace enforcing the `restricted` Pod Security level, so any Pod the operator makes
+    below it is refused; afterwards its integrations and brokers are deleted, so their Pods stop."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("create", "-f", "-", input=json.dumps(restricted_namespace(name)))
     yield Namespace(cluster, name)  # any target will do: Namespace only calls its kubectl()
+    try:
+        collect(leak_scan, cluster.kubectl, name)
+    except Exception as err:  # the last test reports it; the cleanup below must still run
+        leak_scan.errors.append(f"namespace {name}: {type(err).__name__}: {err}")
     # The operator's finalizers clean the brokers up; the garbage collector takes the StatefulSets.
     cluster.kubectl("delete", "mqtt", "--all", "-n", name, "--wait=false", check=False)
     cluster.kubectl("delete", "statefulsets,deployments", "--all", "-n", name, "--wait=false", check=False)

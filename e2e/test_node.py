@@ -83,8 +83,10 @@ def test_the_operator_has_nothing_the_chart_does_not_grant(
 
 def test_every_pod_the_operator_makes_is_admitted_as_restricted(cluster: Any, namespace: Namespace) -> None:
     ns = namespace.namespace
-    # Pod Security admission refuses any Pod of this namespace below the restricted level.
-    cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    # Pod Security admission refuses any Pod of this namespace below the restricted level (conftest.py
+    # labels every test namespace so).
+    labels = (namespace.get("namespace", ns) or {})["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     apply_examples(namespace, "mqttinstance", "kafkaconnector")
     wait_ready_instance(namespace, timeout=120)
     namespace.wait_condition(MQKC, "vehicle-state-to-kafka", timeout=180)
