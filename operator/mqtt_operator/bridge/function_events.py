@@ -144,7 +144,9 @@ def is_json(payload: bytes) -> bool:
     try:
         payload.decode()
         _is_raw_json(payload)
-    except (UnicodeDecodeError, msgspec.DecodeError):
+    except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):
+        # RecursionError: nested deeper than the decoder's limit (~1000 levels); it travels as text or
+        # bytes then, instead of stopping the worker.
         return False
     return True
 
@@ -226,7 +228,8 @@ class Encoder:
         topic = msg.topic
         headers = {
             "ce-specversion": SPEC_VERSION,
-            "ce-id": event.id,
+            # The broker's stamp is a UUID; without the plugin a publisher can set any text there.
+            "ce-id": header_value(event.id),
             "ce-source": self._source_header(topic),
             "ce-type": self._type_header,
             "ce-subject": header_value(topic),

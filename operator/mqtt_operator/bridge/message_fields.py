@@ -73,7 +73,9 @@ def json_field(payload: bytes, path: Sequence[str | int]) -> bytes | None:
     """The field at `path` as key bytes (strings as their UTF-8 text, others as JSON), or None."""
     try:
         node: Any = _decode_json(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
+        # RecursionError: nested deeper than the decoder's limit (~1000 levels, a 2 KB payload of
+        # `[[[...`); it is no document with that field, not a reason to stop the worker.
         return None
     for part in path:
         if isinstance(part, int):
@@ -131,22 +133,25 @@ def stamps(msg: Message) -> Stamps:
             received = value
     if client_id is None and address is None and message_id is None and received is None:
         return NO_STAMPS
-    if received is not None and received.isdigit():
+    # ASCII digits of a time before the year 10000 (what Kafka's 64-bit timestamp takes): without the
+    # plugin a publisher can send any text under the prefix, and "²".isdigit() although int("²") raises.
+    if received is not None and received.isascii() and received.isdigit() and len(received) <= 15:
         received_ms: int | None = int(received)
     else:
         received_ms = uuid7_ms(message_id) if message_id is not None else None
     return Stamps(client_id, address, message_id, received_ms)
 
 
+# Hex digits only: int(..., 16) also takes a sign, "_" and white space ("-fffffff-ffff-7..." was negative).
+_UUID7_TIME = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7")
+
+
 def uuid7_ms(text: str) -> int | None:
     """The receive time the broker wrote into its message id (a UUIDv7's first 48 bits are Unix
     milliseconds), so the time is known without the `receivedAt` stamp (off by default)."""
-    if len(text) != 36 or text[14] != "7":
+    if len(text) != 36 or _UUID7_TIME.match(text) is None:
         return None
-    try:
-        return int(text[:8] + text[9:13], 16)
-    except ValueError:
-        return None
+    return int(text[:8] + text[9:13], 16)
 
 
 def publisher_client_id(

@@ -263,7 +263,9 @@ class ToRocketMQ:
         properties[P_QOS] = _QOS[msg.qos]
         properties[P_RETAIN] = _BOOL[msg.retain]
         # The broker's id stays the same when a message is delivered again; without it, this delivery's.
-        properties[P_MESSAGE_ID] = stamped.message_id or f"{self._prefix}-{next(self._counter):x}"
+        properties[P_MESSAGE_ID] = escape_control(
+            stamped.message_id or f"{self._prefix}-{next(self._counter):x}"
+        )
         if client_id:
             properties[P_CLIENT_ID] = escape_control(client_id)
         if stamped.client_id is not None:
