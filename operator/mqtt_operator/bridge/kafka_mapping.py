@@ -32,6 +32,7 @@ from mqtt_operator.bridge.message_fields import (
     STAMP_PREFIX,
     invalid_mqtt_topic,
     json_field,
+    mqtt_string_problem,
     parse_json_path,
     publisher_client_id,
     stamps,
@@ -260,9 +261,13 @@ class Downlink:
                         clean = flag
             elif raw is not None:
                 try:
-                    user_properties.append((name, raw.decode()))
+                    text = raw.decode()
                 except UnicodeDecodeError:
                     continue  # binary headers have no MQTT user-property form
+                # Nor have text Mosquitto refuses (a tab, a newline ...) or that is over 64 KiB: it would
+                # disconnect the worker's publisher on every retry of the message.
+                if mqtt_string_problem(name) is None and mqtt_string_problem(text) is None:
+                    user_properties.append((name, text))
         if topic is None:
             return Reject(f"no {self.topic_header!r} header and no default topic")
         why = invalid_mqtt_topic(topic)

@@ -25,20 +25,60 @@ import msgspec
 
 from mqtt_operator.bridge.records import Message
 
+# What Mosquitto refuses in an MQTT string (a topic, a user property's name or value, a content type):
+# control characters, tab and newline too, and Unicode's non-characters (and the surrogates, which UTF-8
+# cannot carry). It disconnects the client that sends one ("Malformed UTF-8"; MQTT 5 section 1.5.4 lets
+# it), so a publish carrying one would fail its connection again on every retry and hold up everything
+# behind it. Measured on 2.0.11 (tests/integration/test_bridge_bad_input.py, docs/bridge.md "Bad input").
+_MQTT_REFUSED = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17))
+    + "]"
+)
+MQTT_STRING_MAX: Final = 65535  # bytes: an MQTT string's length is two bytes on the wire
+
+
+def mqtt_string_problem(text: str) -> str | None:
+    """Why `text` cannot be an MQTT string that Mosquitto takes, or None when it can."""
+    refused = _MQTT_REFUSED.search(text)
+    if refused is not None:
+        return f"contains {refused.group()!r}, which Mosquitto refuses"
+    if len(text) > MQTT_STRING_MAX // 4 and len(text.encode()) > MQTT_STRING_MAX:
+        return f"is longer than {MQTT_STRING_MAX} bytes"
+    return None
+
+
+def mqtt_safe(text: str) -> str:
+    """`text` as an MQTT string Mosquitto takes (for reasons and the like): what it refuses written as
+    `\\uXXXX`, cut to 65535 bytes."""
+    if _MQTT_REFUSED.search(text) is not None:
+        text = _MQTT_REFUSED.sub(_escape, text)
+    if len(text) > MQTT_STRING_MAX // 4:
+        text = text.encode()[:MQTT_STRING_MAX].decode(errors="ignore")
+    return text
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
 
 def invalid_mqtt_topic(topic: str) -> str | None:
     """Why `topic` cannot be published to, or None when it can."""
     if not topic:
         return "empty MQTT topic"
     if "+" in topic or "#" in topic:
-        return f"MQTT topic {topic!r} contains a wildcard"
+        return f"MQTT topic {_shown(topic)} contains a wildcard"
     if topic.startswith("$"):
-        return f"MQTT topic {topic!r} starts with '$' (reserved for the broker)"
-    if "\x00" in topic:
-        return "MQTT topic contains a NUL character"
-    if len(topic.encode()) > 65535:
-        return "MQTT topic longer than 65535 bytes"
+        return f"MQTT topic {_shown(topic)} starts with '$' (reserved for the broker)"
+    why = mqtt_string_problem(topic)
+    if why is not None:
+        return f"MQTT topic {_shown(topic)} {why}"
     return None
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 200 else f"{text[:200]!r}..."
 
 
 _PATH_PART = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]")

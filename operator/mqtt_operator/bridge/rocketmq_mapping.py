@@ -45,6 +45,7 @@ from mqtt_operator.bridge.message_fields import (
     STAMP_PREFIX,
     invalid_mqtt_topic,
     json_field,
+    mqtt_string_problem,
     parse_json_path,
     publisher_client_id,
     stamps,
@@ -361,4 +362,11 @@ class FromRocketMQ:
         if type(topic) is Reject:
             return topic
         assert isinstance(topic, str)
-        return MqttPublish(topic, msg.body, self.qos, self.retain, list(msg.properties.items()))
+        # Properties Mosquitto would refuse as user properties (RocketMQ takes non-characters such as
+        # U+FFFF, or over 64 KiB) are left out: the publish would fail its connection on every retry.
+        properties = [
+            (name, value)
+            for name, value in msg.properties.items()
+            if mqtt_string_problem(name) is None and mqtt_string_problem(value) is None
+        ]
+        return MqttPublish(topic, msg.body, self.qos, self.retain, properties)
