@@ -42,7 +42,7 @@ from time import strptime
 from typing import Final
 
 from mqtt_operator.bridge.config import DeviceEvents
-from mqtt_operator.bridge.records import KafkaRecord, Message, Skip
+from mqtt_operator.bridge.records import KafkaRecord, Message, Reject, Skip
 
 # The notice-level log topic (`log_dest topic`): I, N, W, E, D are information, notice, warning ...
 LOG_TOPIC: Final = "$SYS/broker/log/N"
@@ -211,7 +211,9 @@ class DeviceEventMapping:
             return dataclasses.replace(event, address=noted)
         return event
 
-    def __call__(self, msg: Message) -> KafkaRecord | Skip:
+    def __call__(self, msg: Message) -> KafkaRecord | Skip | Reject:
+        if msg.malformed is not None:
+            return Reject(msg.malformed)
         if self.plugin_topic is not None and msg.topic == self.plugin_topic:
             event = parse_plugin_event(msg.payload)
             if event is None:

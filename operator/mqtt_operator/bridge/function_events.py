@@ -42,7 +42,7 @@ import msgspec
 
 from mqtt_operator.bridge.config import MqttToFunction
 from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, publisher_client_id, stamps
-from mqtt_operator.bridge.records import Message
+from mqtt_operator.bridge.records import Message, Reject
 
 SPEC_VERSION: Final = "1.0"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
@@ -105,7 +105,9 @@ class ToEvent:
         self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
         self._counter = count(1)
 
-    def __call__(self, msg: Message) -> FunctionEvent:
+    def __call__(self, msg: Message) -> FunctionEvent | Reject:
+        if msg.malformed is not None:
+            return Reject(msg.malformed)
         stamped = stamps(msg)
         client_id = (
             publisher_client_id(msg, self.level, self.property_name, stamped)

@@ -105,6 +105,8 @@ class Uplink:
     def __call__(
         self, msg: Message, _qos: tuple[bytes, ...] = _QOS, _bool: tuple[bytes, ...] = _BOOL
     ) -> KafkaRecord | Skip | Reject:
+        if msg.malformed is not None:
+            return Reject(msg.malformed)
         topic = msg.topic
         if self.fixed_topic is not None:
             kafka_topic = self.fixed_topic

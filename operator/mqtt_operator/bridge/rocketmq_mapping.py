@@ -221,6 +221,8 @@ class ToRocketMQ:
         return raw.decode(errors="replace") if raw is not None else None
 
     def __call__(self, msg: Message) -> RocketMQRecord | Reject:
+        if msg.malformed is not None:
+            return Reject(msg.malformed)
         payload = msg.payload
         if len(payload) > MAX_BODY_BYTES:
             return Reject(
