@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import struct
 from typing import Any, Final
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -82,7 +83,16 @@ texts = st.text(_any_char | _odd_char, max_size=12)
 long_texts = st.text(_any_char | _odd_char, min_size=60, max_size=200)
 # Over 65535 bytes: no MQTT string can hold it.
 huge_texts = st.integers(65_536 // 3 + 1, 70_000).map(lambda n: "€" * n)
-any_text = texts | long_texts | huge_texts | st.sampled_from(["", " ", "clientId", "mqtt-operator/clientId"])
+
+
+def sometimes_huge(strategy: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """`strategy`, or one time in eight a string over 65535 bytes."""
+    return st.integers(0, 7).flatmap(lambda n: huge_texts if n == 0 else strategy)
+
+
+any_text = sometimes_huge(
+    texts | long_texts | st.sampled_from(["", " ", "clientId", "mqtt-operator/clientId"])
+)
 
 # --- payloads -----------------------------------------------------------------------------------
 
@@ -216,7 +226,7 @@ def topic_levels(parents: tuple[str, ...] = ()) -> st.SearchStrategy[str]:
 def messages(draw: st.DrawFn, parents: tuple[str, ...] = ()) -> Message:
     qos = draw(st.integers(0, 2))
     return Message(
-        draw(topic_levels(parents) | huge_texts),
+        draw(sometimes_huge(topic_levels(parents))),
         draw(payloads),
         qos,
         draw(st.booleans()),
@@ -286,6 +296,20 @@ def kafka_headers(draw: st.DrawFn, routing: tuple[str, ...] = ROUTING) -> list[t
 
 
 kafka_values = st.none() | st.binary(max_size=64) | payloads
+
+# --- PUBLISH packets as a broker would send them, whatever their content ----------------------------
+
+
+def u16(raw: bytes) -> bytes:
+    """An MQTT binary or string field: its length on two bytes, then the bytes."""
+    return struct.pack(">H", len(raw)) + raw
+
+
+def raw_publish(topic: bytes, props: bytes, payload: bytes, packet_id: int) -> bytes:
+    """A QoS 1 PUBLISH of these bytes, framed right (whether they are valid MQTT 5 or not)."""
+    head = u16(topic) + struct.pack(">H", packet_id) + mqtt5.encode_varint(len(props)) + props
+    return b"\x32" + mqtt5.encode_varint(len(head) + len(payload)) + head + payload
+
 
 # --- checks of what comes out ----------------------------------------------------------------------
 

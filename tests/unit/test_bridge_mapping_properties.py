@@ -29,7 +29,6 @@ import asyncio
 import base64
 import json
 import math
-import struct
 from typing import Any
 from urllib.parse import unquote
 
@@ -52,7 +51,9 @@ from tests.unit.bridge_inputs import (
     mosquitto_refuses,
     payloads,
     property_settings,
+    raw_publish,
     texts,
+    u16,
 )
 
 from mqtt_operator.bridge import mqtt5
@@ -465,15 +466,6 @@ def test_device_events_answer_a_record_or_a_skip(plugin: bool, topic: str, paylo
 # --- a PUBLISH the decoder cannot read, in a stream of good ones -----------------------------------------
 
 
-def _u16(raw: bytes) -> bytes:
-    return struct.pack(">H", len(raw)) + raw
-
-
-def _publish(topic: bytes, props: bytes, payload: bytes, packet_id: int) -> bytes:
-    head = _u16(topic) + struct.pack(">H", packet_id) + mqtt5.encode_varint(len(props)) + props
-    return b"\x32" + mqtt5.encode_varint(len(head) + len(payload)) + head + payload
-
-
 bad_utf8 = st.sampled_from([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"a\x80b", b"\xf4\x90\x80\x80"])
 
 
@@ -493,16 +485,16 @@ def unreadable_publishes(draw: st.DrawFn, packet_id: int) -> bytes:
     elif how == "empty topic":
         topic = b""
     elif how == "property name":
-        props += b"\x26" + _u16(draw(bad_utf8)) + _u16(b"v")
+        props += b"\x26" + u16(draw(bad_utf8)) + u16(b"v")
     elif how == "property value":
-        props += b"\x26" + _u16(b"k") + _u16(draw(bad_utf8))
+        props += b"\x26" + u16(b"k") + u16(draw(bad_utf8))
     elif how == "content type":
-        props += b"\x03" + _u16(draw(bad_utf8))
+        props += b"\x03" + u16(draw(bad_utf8))
     elif how == "unknown":
         props += bytes((draw(st.sampled_from([0x00, 0x04, 0x7F, 0xFF])),)) + b"\x00\x00"
     else:
         props += b"\x26\x00\x09k"
-    return _publish(topic, props, draw(st.binary(max_size=32)), packet_id)
+    return raw_publish(topic, props, draw(st.binary(max_size=32)), packet_id)
 
 
 def _readable(packet_id: int) -> bytes:
