@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from test_bridge_helpers import no_drop_broker
 
+from testenv.mosquitto import Mosquitto
 from testenv.rocketmq import RocketMQ
 
 
@@ -18,3 +20,11 @@ def rocketmq_cluster() -> Iterator[RocketMQ]:
     cluster = RocketMQ().start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def no_drop_mosquitto() -> Iterator[Mosquitto]:
+    """A Mosquitto broker that keeps every message for slow subscribers (test_bridge_helpers.NO_DROP_CONF)."""
+    broker = no_drop_broker()
+    yield broker
+    broker.stop()

@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from mqtt_operator.bridge.config import BridgeConfig
-from mqtt_operator.bridge.mqtt_client import open_connection
+from mqtt_operator.bridge.mqtt_client import MqttConnection, open_connection
 from testenv.mosquitto import Mosquitto
 from testenv.paths import run_dir
 from testenv.process import Server, free_port
@@ -229,7 +229,8 @@ def paho_publish(
         client.loop_stop()
 
 
-async def _publish_fast(port: int, items: Iterable[tuple[str, bytes]], window: int = 2000) -> int:
+async def publisher(port: int) -> MqttConnection:
+    """A connection of the worker's own client, to publish with (clean start, no session)."""
     conn, _ = await open_connection(
         "127.0.0.1",
         port,
@@ -239,6 +240,11 @@ async def _publish_fast(port: int, items: Iterable[tuple[str, bytes]], window: i
         session_expiry=0,
         receive_maximum=1000,
     )
+    return conn
+
+
+async def _publish_fast(port: int, items: Iterable[tuple[str, bytes]], window: int = 2000) -> int:
+    conn = await publisher(port)
     pending: list[asyncio.Future[int]] = []
     refused = 0
     for topic, payload in items:

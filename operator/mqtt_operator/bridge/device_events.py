@@ -42,7 +42,7 @@ from time import strptime
 from typing import Final
 
 from mqtt_operator.bridge.config import DeviceEvents
-from mqtt_operator.bridge.records import KafkaRecord, Message, Skip
+from mqtt_operator.bridge.records import KafkaRecord, Message, Reject, Skip
 
 # The notice-level log topic (`log_dest topic`): I, N, W, E, D are information, notice, warning ...
 LOG_TOPIC: Final = "$SYS/broker/log/N"
@@ -108,10 +108,17 @@ class DeviceEvent:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+# The last millisecond of the year 9999: later times are no time a Kafka record can carry (its timestamp
+# is 64 bits; aiokafka raises OverflowError past them and would stop the worker).
+MAX_TIMESTAMP_MS: Final = 253402300799999
+
+
 def _ts_ms(stamp: str, fallback_ms: int) -> int:
     """The log line's time: epoch seconds, or the operator's `%Y-%m-%dT%H:%M:%S` (the broker runs in UTC)."""
     if stamp.isdigit():
-        return int(stamp) * 1000
+        # At most 12 digits: int() refuses over 4300, and later than the year 9999 is no Kafka time.
+        ms = int(stamp) * 1000 if len(stamp) <= 12 else MAX_TIMESTAMP_MS + 1
+        return ms if ms <= MAX_TIMESTAMP_MS else fallback_ms
     try:
         return timegm(strptime(stamp, "%Y-%m-%dT%H:%M:%S")) * 1000
     except ValueError:
@@ -154,12 +161,18 @@ def parse_plugin_event(payload: bytes) -> DeviceEvent | None:
     """The broker plugin's JSON event, or None when the payload is not one."""
     try:
         body = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the json module's limit
         return None
     if not isinstance(body, dict) or body.get("event") not in ("connect", "disconnect"):
         return None
-    if not isinstance(body.get("clientId"), str) or not isinstance(body.get("timestampMs"), int):
+    client_id, ts = body.get("clientId"), body.get("timestampMs")
+    if not isinstance(client_id, str) or not isinstance(ts, int) or not 0 <= ts <= MAX_TIMESTAMP_MS:
         return None
+    if not client_id.isascii():
+        try:
+            client_id.encode()  # the record's key: a "\\ud800" escape is JSON but no UTF-8
+        except UnicodeEncodeError:
+            return None
 
     def text(name: str) -> str | None:
         value = body.get(name)
@@ -211,7 +224,9 @@ class DeviceEventMapping:
             return dataclasses.replace(event, address=noted)
         return event
 
-    def __call__(self, msg: Message) -> KafkaRecord | Skip:
+    def __call__(self, msg: Message) -> KafkaRecord | Skip | Reject:
+        if msg.malformed is not None:
+            return Reject(msg.malformed)
         if self.plugin_topic is not None and msg.topic == self.plugin_topic:
             event = parse_plugin_event(msg.payload)
             if event is None:

@@ -42,7 +42,7 @@ import msgspec
 
 from mqtt_operator.bridge.config import MqttToFunction
 from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, publisher_client_id, stamps
-from mqtt_operator.bridge.records import Message
+from mqtt_operator.bridge.records import Message, Reject
 
 SPEC_VERSION: Final = "1.0"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
@@ -105,7 +105,9 @@ class ToEvent:
         self._prefix = id_prefix if id_prefix is not None else os.urandom(6).hex()
         self._counter = count(1)
 
-    def __call__(self, msg: Message) -> FunctionEvent:
+    def __call__(self, msg: Message) -> FunctionEvent | Reject:
+        if msg.malformed is not None:
+            return Reject(msg.malformed)
         stamped = stamps(msg)
         client_id = (
             publisher_client_id(msg, self.level, self.property_name, stamped)
@@ -144,7 +146,9 @@ def is_json(payload: bytes) -> bool:
     try:
         payload.decode()
         _is_raw_json(payload)
-    except (UnicodeDecodeError, msgspec.DecodeError):
+    except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):
+        # RecursionError: nested deeper than the decoder's limit (~1000 levels); it travels as text or
+        # bytes then, instead of stopping the worker.
         return False
     return True
 
@@ -226,7 +230,8 @@ class Encoder:
         topic = msg.topic
         headers = {
             "ce-specversion": SPEC_VERSION,
-            "ce-id": event.id,
+            # The broker's stamp is a UUID; without the plugin a publisher can set any text there.
+            "ce-id": header_value(event.id),
             "ce-source": self._source_header(topic),
             "ce-type": self._type_header,
             "ce-subject": header_value(topic),

@@ -32,6 +32,7 @@ from mqtt_operator.bridge.message_fields import (
     STAMP_PREFIX,
     invalid_mqtt_topic,
     json_field,
+    mqtt_string_problem,
     parse_json_path,
     publisher_client_id,
     stamps,
@@ -104,6 +105,8 @@ class Uplink:
     def __call__(
         self, msg: Message, _qos: tuple[bytes, ...] = _QOS, _bool: tuple[bytes, ...] = _BOOL
     ) -> KafkaRecord | Skip | Reject:
+        if msg.malformed is not None:
+            return Reject(msg.malformed)
         topic = msg.topic
         if self.fixed_topic is not None:
             kafka_topic = self.fixed_topic
@@ -260,9 +263,13 @@ class Downlink:
                         clean = flag
             elif raw is not None:
                 try:
-                    user_properties.append((name, raw.decode()))
+                    text = raw.decode()
                 except UnicodeDecodeError:
                     continue  # binary headers have no MQTT user-property form
+                # Nor have text Mosquitto refuses (a tab, a newline ...) or that is over 64 KiB: it would
+                # disconnect the worker's publisher on every retry of the message.
+                if mqtt_string_problem(name) is None and mqtt_string_problem(text) is None:
+                    user_properties.append((name, text))
         if topic is None:
             return Reject(f"no {self.topic_header!r} header and no default topic")
         why = invalid_mqtt_topic(topic)
@@ -291,16 +298,34 @@ H_DLQ_ORIGINAL_TOPIC: Final = "dlq.originalTopic"
 H_DLQ_PARTITION: Final = "dlq.partition"
 H_DLQ_OFFSET: Final = "dlq.offset"
 H_DLQ_TRUNCATED_FROM: Final = "dlq.truncatedFrom"
-# Room left for the key and headers when a value must be cut to fit the dead-letter record.
+H_DLQ_HEADERS_DROPPED: Final = "dlq.headersDropped"
+# Room left for the key, the headers and the record's framing when a value must be cut to fit the
+# dead-letter record (more when the key and headers take more).
 DLQ_HEADROOM: Final = 65536
 
 
-def _fit(value: bytes, limit: int, headers: list[Header]) -> bytes:
-    room = max(limit - DLQ_HEADROOM, 0)
+def _fit(value: bytes, limit: int, headers: list[Header], own: int, key: bytes | None = None) -> bytes:
+    """`value`, cut to fit the dead-letter record (`dlq.truncatedFrom` then gives its size).
+
+    The message's own headers (those after the first `own`: MQTT user properties, Kafka headers) are
+    left out when they take more than half the limit (`dlq.headersDropped` says how many): a dead letter
+    too large for Kafka would be dropped, and 64 KiB user properties add up fast.
+    """
+    size = _headers_size(headers)
+    if size > limit // 2:
+        headers.append((H_DLQ_HEADERS_DROPPED, b"%d" % (len(headers) - own)))
+        del headers[own:-1]
+        size = _headers_size(headers)
+    room = max(limit - max(DLQ_HEADROOM, size + len(key or b"") + 128), 0)
     if len(value) <= room:
         return value
     headers.append((H_DLQ_TRUNCATED_FROM, b"%d" % len(value)))
     return value[:room]
+
+
+def _headers_size(headers: list[Header]) -> int:
+    """About the bytes `headers` take in a record (their lengths are varints of up to 5 bytes each)."""
+    return sum(len(name.encode()) + len(raw) + 10 for name, raw in headers)
 
 
 def uplink_dead_letter(msg: Message, reason: str, topic: str, limit: int) -> KafkaRecord:
@@ -315,13 +340,14 @@ def uplink_dead_letter(msg: Message, reason: str, topic: str, limit: int) -> Kaf
         (H_DUP, _BOOL[msg.dup]),
         (H_PACKET_ID, b"%d" % msg.packet_id),
     ]
+    own = len(headers)
     if msg.props is not None:
         if msg.props.content_type is not None:
             headers.append((H_CONTENT_TYPE, msg.props.content_type.encode()))
         if msg.props.correlation_data is not None:
             headers.append((H_CORRELATION_DATA, msg.props.correlation_data))
         headers.extend([(name, value.encode()) for name, value in msg.props.user_properties])
-    value = _fit(msg.payload, limit, headers)
+    value = _fit(msg.payload, limit, headers, own)
     return KafkaRecord(topic, None, value, headers, int((msg.received or time.time()) * 1000))
 
 
@@ -346,5 +372,6 @@ def downlink_dead_letter(
         (H_DLQ_PARTITION, b"%d" % partition),
         (H_DLQ_OFFSET, b"%d" % offset),
     ]
+    own = len(out)
     out.extend((name, raw if raw is not None else b"") for name, raw in headers)
-    return KafkaRecord(topic, key, _fit(value or b"", limit, out), out, timestamp_ms)
+    return KafkaRecord(topic, key, _fit(value or b"", limit, out, own, key), out, timestamp_ms)

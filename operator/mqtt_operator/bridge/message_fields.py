@@ -25,20 +25,60 @@ import msgspec
 
 from mqtt_operator.bridge.records import Message
 
+# What Mosquitto refuses in an MQTT string (a topic, a user property's name or value, a content type):
+# control characters, tab and newline too, and Unicode's non-characters (and the surrogates, which UTF-8
+# cannot carry). It disconnects the client that sends one ("Malformed UTF-8"; MQTT 5 section 1.5.4 lets
+# it), so a publish carrying one would fail its connection again on every retry and hold up everything
+# behind it. Measured on 2.0.11 (tests/integration/test_bridge_bad_input.py, docs/bridge.md "Bad input").
+_MQTT_REFUSED = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17))
+    + "]"
+)
+MQTT_STRING_MAX: Final = 65535  # bytes: an MQTT string's length is two bytes on the wire
+
+
+def mqtt_string_problem(text: str) -> str | None:
+    """Why `text` cannot be an MQTT string that Mosquitto takes, or None when it can."""
+    refused = _MQTT_REFUSED.search(text)
+    if refused is not None:
+        return f"contains {refused.group()!r}, which Mosquitto refuses"
+    if len(text) > MQTT_STRING_MAX // 4 and len(text.encode()) > MQTT_STRING_MAX:
+        return f"is longer than {MQTT_STRING_MAX} bytes"
+    return None
+
+
+def mqtt_safe(text: str) -> str:
+    """`text` as an MQTT string Mosquitto takes (for reasons and the like): what it refuses written as
+    `\\uXXXX`, cut to 65535 bytes."""
+    if _MQTT_REFUSED.search(text) is not None:
+        text = _MQTT_REFUSED.sub(_escape, text)
+    if len(text) > MQTT_STRING_MAX // 4:
+        text = text.encode()[:MQTT_STRING_MAX].decode(errors="ignore")
+    return text
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
 
 def invalid_mqtt_topic(topic: str) -> str | None:
     """Why `topic` cannot be published to, or None when it can."""
     if not topic:
         return "empty MQTT topic"
     if "+" in topic or "#" in topic:
-        return f"MQTT topic {topic!r} contains a wildcard"
+        return f"MQTT topic {_shown(topic)} contains a wildcard"
     if topic.startswith("$"):
-        return f"MQTT topic {topic!r} starts with '$' (reserved for the broker)"
-    if "\x00" in topic:
-        return "MQTT topic contains a NUL character"
-    if len(topic.encode()) > 65535:
-        return "MQTT topic longer than 65535 bytes"
+        return f"MQTT topic {_shown(topic)} starts with '$' (reserved for the broker)"
+    why = mqtt_string_problem(topic)
+    if why is not None:
+        return f"MQTT topic {_shown(topic)} {why}"
     return None
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 200 else f"{text[:200]!r}..."
 
 
 _PATH_PART = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]")
@@ -73,7 +113,9 @@ def json_field(payload: bytes, path: Sequence[str | int]) -> bytes | None:
     """The field at `path` as key bytes (strings as their UTF-8 text, others as JSON), or None."""
     try:
         node: Any = _decode_json(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
+        # RecursionError: nested deeper than the decoder's limit (~1000 levels, a 2 KB payload of
+        # `[[[...`); it is no document with that field, not a reason to stop the worker.
         return None
     for part in path:
         if isinstance(part, int):
@@ -131,22 +173,25 @@ def stamps(msg: Message) -> Stamps:
             received = value
     if client_id is None and address is None and message_id is None and received is None:
         return NO_STAMPS
-    if received is not None and received.isdigit():
+    # ASCII digits of a time before the year 10000 (what Kafka's 64-bit timestamp takes): without the
+    # plugin a publisher can send any text under the prefix, and "²".isdigit() although int("²") raises.
+    if received is not None and received.isascii() and received.isdigit() and len(received) <= 15:
         received_ms: int | None = int(received)
     else:
         received_ms = uuid7_ms(message_id) if message_id is not None else None
     return Stamps(client_id, address, message_id, received_ms)
 
 
+# Hex digits only: int(..., 16) also takes a sign, "_" and white space ("-fffffff-ffff-7..." was negative).
+_UUID7_TIME = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7")
+
+
 def uuid7_ms(text: str) -> int | None:
     """The receive time the broker wrote into its message id (a UUIDv7's first 48 bits are Unix
     milliseconds), so the time is known without the `receivedAt` stamp (off by default)."""
-    if len(text) != 36 or text[14] != "7":
+    if len(text) != 36 or _UUID7_TIME.match(text) is None:
         return None
-    try:
-        return int(text[:8] + text[9:13], 16)
-    except ValueError:
-        return None
+    return int(text[:8] + text[9:13], 16)
 
 
 def publisher_client_id(

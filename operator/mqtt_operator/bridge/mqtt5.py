@@ -456,9 +456,22 @@ def decode_stream(buf: bytes, received: float) -> tuple[list[Message], list[Cont
             kind = first >> 4
             if kind == PUBLISH:
                 qos = (first >> 1) & 3
+                if qos == 3:
+                    raise ProtocolError("PUBLISH with both QoS bits set")
                 tlen = (buf[start] << 8) | buf[start + 1]
                 p = start + 2 + tlen
-                topic = buf[start + 2 : p].decode()
+                # A topic or properties that cannot be read do not end the connection: the broker would
+                # send the same PUBLISH again on the resumed session, forever, and nothing behind it
+                # would come. As long as the packet's own lengths hold, it becomes a message marked
+                # `malformed`, which every mapping rejects (dead letter) and the source acknowledges.
+                malformed = None
+                try:
+                    topic = buf[start + 2 : p].decode()
+                except UnicodeDecodeError as err:
+                    topic = repr(buf[start + 2 : p])[2:-1]
+                    malformed = f"the PUBLISH could not be read: its topic is not UTF-8 ({err.reason})"
+                if not tlen:  # a topic alias would stand for it, but the worker allows none
+                    malformed = "the PUBLISH could not be read: its topic is empty"
                 packet_id = 0
                 if qos:
                     packet_id = (buf[p] << 8) | buf[p + 1]
@@ -472,13 +485,25 @@ def decode_stream(buf: bytes, received: float) -> tuple[list[Message], list[Cont
                         plen, p = decode_varint(buf, p)
                     else:
                         p += 1
-                    props = decode_properties(buf, p, p + plen)
+                    try:
+                        props = decode_properties(buf, p, p + plen)
+                    except ProtocolError as err:
+                        props = None
+                        malformed = malformed or f"the PUBLISH could not be read: {err}"
                     p += plen
                 if p > end:
                     raise ProtocolError("PUBLISH header longer than the packet")
                 append(
                     Message(
-                        topic, buf[p:end], qos, bool(first & 1), bool(first & 8), packet_id, props, received
+                        topic,
+                        buf[p:end],
+                        qos,
+                        bool(first & 1),
+                        bool(first & 8),
+                        packet_id,
+                        props,
+                        received,
+                        malformed,
                     )
                 )
             elif kind in _ACKS:
@@ -497,6 +522,4 @@ def decode_stream(buf: bytes, received: float) -> tuple[list[Message], list[Cont
     except (IndexError, struct.error) as err:
         # An index past the end inside a complete packet (or a packet id cut short): the lengths lie.
         raise ProtocolError(f"malformed packet: {err}") from err
-    except UnicodeDecodeError as err:
-        raise ProtocolError(f"topic is not UTF-8: {err}") from err
     return messages, controls, pos

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 
+from mqtt_operator.bridge.message_fields import mqtt_safe
 from mqtt_operator.bridge.metrics import Metrics
 from mqtt_operator.bridge.mqtt_sink import MqttSink
 from mqtt_operator.bridge.pipeline import deliver_with_retry
@@ -31,16 +32,21 @@ SOURCE_TOPIC: str = "sourceTopic"
 def dead_letter_publish(msg: Message, reason: str, topic: str) -> MqttPublish:
     """The dead-letter publish of `msg`; `reason` may carry the HTTP status (`function_sink.Failure`)."""
     status = getattr(reason, "status", None)
-    user_properties = [(REASON, str(reason))]
+    # Every string made Mosquitto-safe (`mqtt_safe`): a reason may quote the function's answer, and a
+    # tab or newline in it would make the broker disconnect the publisher on every retry.
+    user_properties = [(REASON, mqtt_safe(str(reason)))]
     if status is not None:
         user_properties.append((STATUS_CODE, str(status)))
-    user_properties.append((SOURCE_TOPIC, msg.topic))
+    user_properties.append((SOURCE_TOPIC, mqtt_safe(msg.topic)))
     props = Properties(user_properties=user_properties)
     if msg.props is not None:
-        props.content_type = msg.props.content_type
+        content_type = msg.props.content_type
+        props.content_type = mqtt_safe(content_type) if content_type is not None else None
         props.correlation_data = msg.props.correlation_data
         props.payload_format = msg.props.payload_format
-        user_properties.extend(msg.props.user_properties)
+        user_properties.extend(
+            [(mqtt_safe(name), mqtt_safe(value)) for name, value in msg.props.user_properties]
+        )
     return MqttPublish(topic, msg.payload, 1, False, user_properties, props)
 
 

@@ -39,7 +39,7 @@ class Properties:
 class Message:
     """One PUBLISH received from the broker."""
 
-    __slots__ = ("dup", "packet_id", "payload", "props", "qos", "received", "retain", "topic")
+    __slots__ = ("dup", "malformed", "packet_id", "payload", "props", "qos", "received", "retain", "topic")
 
     def __init__(
         self,
@@ -51,6 +51,7 @@ class Message:
         packet_id: int,
         props: Properties | None,
         received: float = 0.0,
+        malformed: str | None = None,
     ) -> None:
         self.topic = topic
         self.payload = payload
@@ -60,6 +61,9 @@ class Message:
         self.packet_id = packet_id
         self.props = props
         self.received = received
+        # Why the PUBLISH could not be read (its topic or properties are not MQTT 5), else None: such a
+        # message still has its packet id and place in the stream, and every mapping rejects it.
+        self.malformed = malformed
 
     def __repr__(self) -> str:
         return f"Message({self.topic!r}, qos={self.qos}, packet_id={self.packet_id}, {len(self.payload)} B)"

@@ -45,6 +45,7 @@ from mqtt_operator.bridge.message_fields import (
     STAMP_PREFIX,
     invalid_mqtt_topic,
     json_field,
+    mqtt_string_problem,
     parse_json_path,
     publisher_client_id,
     stamps,
@@ -220,6 +221,8 @@ class ToRocketMQ:
         return raw.decode(errors="replace") if raw is not None else None
 
     def __call__(self, msg: Message) -> RocketMQRecord | Reject:
+        if msg.malformed is not None:
+            return Reject(msg.malformed)
         payload = msg.payload
         if len(payload) > MAX_BODY_BYTES:
             return Reject(
@@ -263,7 +266,9 @@ class ToRocketMQ:
         properties[P_QOS] = _QOS[msg.qos]
         properties[P_RETAIN] = _BOOL[msg.retain]
         # The broker's id stays the same when a message is delivered again; without it, this delivery's.
-        properties[P_MESSAGE_ID] = stamped.message_id or f"{self._prefix}-{next(self._counter):x}"
+        properties[P_MESSAGE_ID] = escape_control(
+            stamped.message_id or f"{self._prefix}-{next(self._counter):x}"
+        )
         if client_id:
             properties[P_CLIENT_ID] = escape_control(client_id)
         if stamped.client_id is not None:
@@ -359,4 +364,11 @@ class FromRocketMQ:
         if type(topic) is Reject:
             return topic
         assert isinstance(topic, str)
-        return MqttPublish(topic, msg.body, self.qos, self.retain, list(msg.properties.items()))
+        # Properties Mosquitto would refuse as user properties (RocketMQ takes non-characters such as
+        # U+FFFF, or over 64 KiB) are left out: the publish would fail its connection on every retry.
+        properties = [
+            (name, value)
+            for name, value in msg.properties.items()
+            if mqtt_string_problem(name) is None and mqtt_string_problem(value) is None
+        ]
+        return MqttPublish(topic, msg.body, self.qos, self.retain, properties)
