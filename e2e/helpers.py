@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,17 @@ def apply_examples(ns: Namespace, *names: str) -> None:
     ns.cp.kubectl("apply", "-n", ns.namespace, *args)
 
 
+def example_connector_with_car(ns: Namespace, car: str) -> None:
+    """examples/mqttinstance.yaml and kafkaconnector.yaml applied, and car `car` allowed to publish its
+    state, all Ready: the broker, the car's account and the connector."""
+    apply_examples(ns, "mqttinstance", "kafkaconnector")
+    for manifest in device_access(car, publish=(f"vehicles/{car}/state",)):
+        ns.apply(manifest)
+    wait_ready_instance(ns)
+    ns.wait_condition(MQU, car, timeout=90)
+    ns.wait_condition(MQKC, "vehicle-state-to-kafka", timeout=120)
+
+
 def pod(ns: Namespace, name: str) -> dict[str, Any]:
     return json.loads(ns.cp.kubectl("get", "pod", "-n", ns.namespace, name, "-o", "json").stdout)
 
@@ -97,12 +109,17 @@ def wait_ready_instance(ns: Namespace, name: str = "devices", timeout: float = 9
     return wait_for(f"Pod {name}-0 Ready", lambda: pod_ready(ns, f"{name}-0"), timeout)
 
 
-def kafka_keys(bootstrap: str, topic: str, prefix: str) -> set[str]:
-    """The keys starting with `prefix` of every record in the Kafka topic so far (kcat)."""
+def kafka_key_counts(bootstrap: str, topic: str, prefix: str) -> Counter[str]:
+    """How many records of the Kafka topic so far have each key starting with `prefix` (kcat)."""
     proc = subprocess.run(
         [tool("kcat"), "-b", bootstrap, "-C", "-t", topic, "-o", "beginning", "-e", "-f", "%k\n", "-q"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
-    return {line for line in proc.stdout.splitlines() if line.startswith(prefix)}
+    return Counter(line for line in proc.stdout.splitlines() if line.startswith(prefix))
+
+
+def kafka_keys(bootstrap: str, topic: str, prefix: str) -> set[str]:
+    """The keys starting with `prefix` of every record in the Kafka topic so far."""
+    return set(kafka_key_counts(bootstrap, topic, prefix))

@@ -8,7 +8,7 @@ import subprocess
 import uuid
 from typing import Any
 
-from e2e.helpers import MQKC, MQU, HostDevice, apply_examples, device_access, wait_ready_instance
+from e2e.helpers import MQKC, HostDevice, example_connector_with_car
 from testenv.cluster import Namespace, wait_for
 from testenv.paths import tool
 
@@ -31,12 +31,7 @@ def _records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
 
 def test_a_vehicle_state_message_reaches_kafka_keyed_by_plate(cluster: Any, namespace: Namespace) -> None:
     ns = namespace.namespace
-    apply_examples(namespace, "mqttinstance", "kafkaconnector")
-    for manifest in device_access("car-1", publish=("vehicles/car-1/state",)):
-        namespace.apply(manifest)
-    wait_ready_instance(namespace)
-    namespace.wait_condition(MQU, "car-1", timeout=90)
-    namespace.wait_condition(MQKC, "vehicle-state-to-kafka", timeout=120)
+    example_connector_with_car(namespace, "car-1")
     # Ready workers are connected to the broker (through its Service name) and to Kafka.
     wait_for(
         "a ready worker",

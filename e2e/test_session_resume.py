@@ -10,16 +10,12 @@ import uuid
 from typing import Any
 
 from e2e.helpers import (
-    MQKC,
-    MQU,
     HostDevice,
-    apply_examples,
-    device_access,
+    example_connector_with_car,
     kafka_keys,
     pod,
     pod_ready,
     restart_count,
-    wait_ready_instance,
 )
 from testenv.cluster import Namespace, wait_for
 
@@ -29,12 +25,7 @@ CONTAINER = "bridge"
 
 def test_a_killed_worker_resumes_its_session_and_loses_nothing(cluster: Any, namespace: Namespace) -> None:
     ns = namespace.namespace
-    apply_examples(namespace, "mqttinstance", "kafkaconnector")
-    for manifest in device_access("car-5", publish=("vehicles/car-5/state",)):
-        namespace.apply(manifest)
-    wait_ready_instance(namespace)
-    namespace.wait_condition(MQU, "car-5", timeout=90)
-    namespace.wait_condition(MQKC, "vehicle-state-to-kafka", timeout=120)
+    example_connector_with_car(namespace, "car-5")
     # The example is ordered: one worker, so its session is the only one the messages can go to.
     wait_for(f"Pod {WORKER} Ready", lambda: pod_ready(namespace, WORKER), timeout=90)
     before = pod(namespace, WORKER)

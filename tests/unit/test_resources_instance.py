@@ -81,7 +81,7 @@ class TestMosquittoConf:
             "max_queued_bytes 0",
             "max_packet_size 2097152",
             "max_connections -1",
-            "autosave_interval 30",
+            "autosave_interval 5",
             "persistence true",
             "persistence_location /mosquitto/data/",
             "per_listener_settings false",

@@ -92,7 +92,9 @@ class Persistence(Model):
     enabled: bool = True
     size: str = "1Gi"
     storage_class_name: str | None = None
-    autosave_interval: str = "30s"
+    # 5s, not Mosquitto's 30 min nor our former 30s: a broker killed (OOM, node lost) loses what it
+    # accepted since its last save (docs/reliability.md has the measurements behind the choice).
+    autosave_interval: str = "5s"
 
     @property
     def autosave_seconds(self) -> int:

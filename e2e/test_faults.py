@@ -1,0 +1,157 @@
+"""The fault campaign on the real node: steady numbered QoS 1 traffic through examples/kafkaconnector.yaml,
+a fault, and the exact count in Kafka (every number the broker acknowledged, duplicates reported).
+
+docs/reliability.md lists the scenarios, what each guarantees and the counts these tests print.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+
+from e2e.helpers import (
+    example_connector_with_car,
+    kafka_key_counts,
+    pod,
+    pod_ready,
+    restart_count,
+)
+from e2e.traffic import NumberedPublisher, Tally
+from mqtt_operator.api.instance import MqttInstanceSpec
+from testenv.cluster import Namespace, wait_for
+
+CONNECTOR = "vehicle-state-to-kafka"
+WORKERS = f"{CONNECTOR}-bridge"
+TOPIC = "vehicle-state"  # the example's Kafka topic
+AUTOSAVE_S = MqttInstanceSpec().persistence.autosave_seconds  # the example keeps the default
+
+
+def _service_ip(ns: Namespace, namespace: str, name: str) -> str:
+    found = json.loads(ns.cp.kubectl("get", "service", "-n", namespace, name, "-o", "json").stdout)
+    ip: str = found["spec"]["clusterIP"]
+    return ip
+
+
+def _kafka_addresses(ns: Namespace) -> list[str]:
+    """Kafka's Pod (what it advertises) and its bootstrap Service: all a worker talks to Kafka through."""
+    return [
+        pod(Namespace(ns.cp, "kafka"), "kafka-0")["status"]["podIP"],
+        _service_ip(ns, "kafka", "kafka-bootstrap"),
+    ]
+
+
+def _ready_workers(ns: Namespace) -> list[str]:
+    """The worker Pods once all are ready (one with the example's `ordered: true`)."""
+
+    def ready() -> int:
+        sts = ns.get("statefulset", WORKERS) or {}
+        wanted = (sts.get("spec") or {}).get("replicas") or 0
+        return wanted if wanted and (sts.get("status") or {}).get("readyReplicas") == wanted else 0
+
+    replicas = wait_for("every worker ready", ready, timeout=180)
+    return [f"{WORKERS}-{i}" for i in range(replicas)]
+
+
+def _broker_back(ns: Namespace, before: dict[str, Any]) -> None:
+    """devices-0 Ready again after its container was killed (a restart) or its Pod deleted (a new uid)."""
+    uid, restarts = before["metadata"]["uid"], restart_count(before, "mosquitto")
+    wait_for(
+        "the broker Ready again",
+        lambda: (
+            (found := pod_ready(ns, "devices-0"))
+            and (found["metadata"]["uid"] != uid or restart_count(found, "mosquitto") > restarts)
+        ),
+        timeout=120,
+    )
+
+
+def _settled(cluster: Any, publisher: NumberedPublisher, timeout: float = 240) -> Tally:
+    """The tally once every acknowledged number is in Kafka, or nothing new arrived for 45 s."""
+    deadline, last, quiet_since = time.monotonic() + timeout, -1, time.monotonic()
+    while True:
+        tally = Tally.of(
+            publisher, kafka_key_counts(cluster.kafka_bootstrap(), TOPIC, publisher.prefix + "-")
+        )
+        if not tally.lost or time.monotonic() > deadline or time.monotonic() - quiet_since > 45:
+            return tally
+        if tally.delivered != last:
+            last, quiet_since = tally.delivered, time.monotonic()
+        time.sleep(3)
+
+
+@pytest.mark.node_only("cuts a Pod's network with iptables in its network namespace")
+def test_the_broker_stopped_and_killed_with_a_backlog_queued_for_workers_cut_off_from_kafka(
+    cluster: Any, namespace: Namespace
+) -> None:
+    """Kafka unreachable for the workers (a partition, 20 s) builds a backlog in the broker; then the
+    broker's Pod is deleted (SIGTERM: it saves) and, in a second round, its container SIGKILLed through
+    the runtime (no save). Neither round loses what the broker held; the SIGKILL loses at most what it
+    accepted in its last autosave interval before the kill; and after either restart, what devices
+    publish before the worker subscribes again is dropped by Mosquitto ("no matching subscribers": it
+    does not restore shared subscriptions), a known limit docs/reliability.md states and measures."""
+    ns = namespace.namespace
+    example_connector_with_car(namespace, "car-1")
+    workers = _ready_workers(namespace)
+    broker = _service_ip(namespace, ns, "devices")
+    publisher = NumberedPublisher(
+        lambda: (broker, 1883), "car-1", namespace.secret("car-1-credentials"), "vehicles/car-1/state"
+    )
+    publisher.start()
+    # (how the broker was stopped, when that began, when it was done, when its Pod was Ready again)
+    stops: list[tuple[str, float, float, float]] = []
+    backlog = 0  # acknowledged while the workers were cut off: what the broker held at its restarts
+    try:
+        wait_for("traffic flowing", lambda: len(publisher.acked) >= 500, timeout=60)
+        for how in ("delete", "sigkill"):
+            with ExitStack() as cut:
+                cut_at = len(publisher.acked)
+                for worker in workers:
+                    cut.enter_context(cluster.partition(ns, worker, _kafka_addresses(namespace)))
+                time.sleep(20)  # the backlog builds in the broker
+                before = pod(namespace, "devices-0")
+                stopped_at = time.monotonic()
+                if how == "delete":
+                    namespace.cp.kubectl("delete", "pod", "-n", ns, "devices-0", "--wait=false")
+                else:
+                    cluster.kill_container(ns, "devices-0", "mosquitto")
+                done_at = time.monotonic()
+                _broker_back(namespace, before)
+                stops.append((how, stopped_at, done_at, time.monotonic()))
+                time.sleep(5)  # traffic into the restarted broker, still queued
+                backlog += len(publisher.acked) - cut_at
+            time.sleep(10)  # the workers reach Kafka again and drain the backlog
+    finally:
+        publisher.stop()
+
+    tally = _settled(cluster, publisher)
+    ((_, kill_began, killed_at, _),) = [stop for stop in stops if stop[0] == "sigkill"]
+    lost = set(tally.lost)
+    # The SIGKILL: what the broker accepted after its last save (at most AUTOSAVE_S before the kill).
+    unsaved = {n for n in lost if kill_began - AUTOSAVE_S - 1 <= publisher.acked[n] <= killed_at}
+    # After each restart: Mosquitto does not restore a shared subscription from its saved state, so until
+    # the worker subscribes again its share group has no member, and a message published meanwhile is
+    # acknowledged with "no matching subscribers" and dropped (docs/reliability.md).
+    unrouted = lost & publisher.unrouted
+    per_stop = [
+        (how, sum(1 for n in unrouted if s <= publisher.acked[n] <= b + 30)) for how, s, _, b in stops
+    ]
+    print(
+        tally.line("broker Pod deleted, then its container SIGKILLed, each with a 20 s backlog")
+        + f"; lost unsaved by the SIGKILL: {len(unsaved)}, lost unrouted after the restarts: {len(unrouted)} "
+        f"(per stop: {per_stop}); publisher reconnects {publisher.reconnects}"
+    )
+    other = sorted(lost - unsaved - unrouted)
+    if other:
+        for worker in workers:
+            print(namespace.cp.kubectl("logs", "-n", ns, worker, "--tail=60", check=False).stdout)
+    # Nothing else is missing: not what the broker held at the clean stop, not what it saved before the kill.
+    assert other == [], f"lost beyond the two known windows: {other[:20]}"
+    # The unrouted ones were published in the seconds between a restart and the worker's return.
+    assert all(any(s <= publisher.acked[n] <= b + 30 for _, s, _, b in stops) for n in unrouted)
+    # At-least-once: a duplicate is a message the broker delivered again after a restart; at most the
+    # backlog plus what the workers held unacknowledged (Receive Maximum 1000 each) at each restart.
+    assert tally.duplicates <= backlog + 2 * len(workers) * 1000
