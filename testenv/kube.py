@@ -7,6 +7,7 @@ helm and the operator alike. No controllers run: nothing creates Pods or garbage
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import subprocess
@@ -14,6 +15,7 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from testenv.paths import run_dir, tool
 from testenv.pki import Certificate, kubeconfig_text, make_pki
@@ -28,6 +30,15 @@ CERTIFICATES = (
     ),
     Certificate("admin", "/O=system:masters/CN=admin"),
 )
+
+# With `ControlPlane(audit=True)`: one line per finished request (who, verb, resource, user agent), so a
+# test can count the requests a client made (tests/integration/test_access_writes.py).
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+"""
 
 
 def kubectl(
@@ -54,6 +65,7 @@ class ControlPlane:
     etcd: Server | None = None
     apiserver: Server | None = None
     port: int = 0
+    audit: bool = False
 
     @property
     def pki(self) -> Path:
@@ -62,6 +74,10 @@ class ControlPlane:
     @property
     def kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.log"
 
     @property
     def url(self) -> str:
@@ -140,6 +156,7 @@ class ControlPlane:
                 "ServiceAccount",
                 "--v",
                 "1",
+                *self._audit_args(),
             ],
             self.root / "kube-apiserver.log",
         )
@@ -147,6 +164,21 @@ class ControlPlane:
         self.kubeconfig.write_text(kubeconfig_text(self.url, pki, "admin", "testenv", namespace="default"))
         self.apiserver.wait_until(self._ready, 120, "ready")
         return self
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.root / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
+        return ["--audit-policy-file", str(policy), "--audit-log-path", str(self.audit_log)]
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every request the API server finished so far (audit.k8s.io/v1 Events); needs `audit=True`."""
+        if not self.audit:
+            raise RuntimeError("this control plane was started without audit=True")
+        text = self.audit_log.read_text() if self.audit_log.exists() else ""
+        whole = text[: text.rfind("\n") + 1]  # a line being written is left for the next read
+        return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
     def _ready(self) -> bool:
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -172,3 +174,50 @@ def init_dynsec(path: Path, username: str, password: str) -> None:
         timeout=10,
     )
     os.chmod(path, 0o666)  # noqa: S103 - the broker drops to the mosquitto user and must write it
+
+
+def dynsec_file(broker: Mosquitto) -> Path:
+    """The dynamic-security file of a broker made by `from_rendered`."""
+    return broker.root / "data" / "dynamic-security.json"
+
+
+_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+_IN_CLOSE_WRITE, _IN_OPEN, _IN_Q_OVERFLOW = 0x8, 0x20, 0x4000
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+
+
+class FileSaves:
+    """How many times a file was written whole since this was made, by inotify (no polling to miss one).
+
+    A write is a close of the file, or of `<name>.new`, after writing: Mosquitto 2.0.11's dynamic-security
+    plugin rewrites its file in place, later 2.0.x write `<name>.new` and rename it over the file. Opens
+    are watched too, only so that the kernel never merges two unread closes in a row into one event.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.names = {path.name.encode(), f"{path.name}.new".encode()}
+        self.saves = 0
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, bytes(path.parent), _IN_CLOSE_WRITE | _IN_OPEN) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify on {path.parent}")
+
+    def count(self) -> int:
+        """The writes so far (reads what the kernel queued; call it at least every few thousand writes)."""
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return self.saves
+            offset = 0
+            while offset < len(data):
+                _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
+                offset += _EVENT.size + length
+                if mask & _IN_Q_OVERFLOW:
+                    raise RuntimeError("inotify dropped events: count() was called too rarely")
+                if mask & _IN_CLOSE_WRITE and name in self.names:
+                    self.saves += 1
+
+    def close(self) -> None:
+        os.close(self.fd)

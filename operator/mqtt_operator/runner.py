@@ -14,23 +14,22 @@ from mqtt_operator.broker.pool import BrokerPool
 from mqtt_operator.controllers.access import AccessSync
 from mqtt_operator.handlers import access, integrations
 from mqtt_operator.handlers.context import OperatorContext
+from mqtt_operator.handlers.handled import HandledMemory
 from mqtt_operator.handlers.reconcile import count_object
 from mqtt_operator.kube.client import make_client
 from mqtt_operator.settings import OperatorSettings
 
 log = logging.getLogger("mqtt_operator")
 
-# kopf ignores changes to annotations under its own storage prefix; it must not be our API group,
-# or adding the pause annotation (mqtt-operator.io/...) would not trigger a reconcile.
-KOPF_PREFIX = f"kopf.{GROUP}"
 
-
-def configure_kopf(settings: kopf.OperatorSettings, operator: OperatorSettings) -> None:
+def configure_kopf(
+    settings: kopf.OperatorSettings, operator: OperatorSettings, handled: HandledMemory
+) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration"
-    )
+    # What kopf knows of each object stays in memory (handlers/handled.py): no annotation PATCH per
+    # handled object; only a retry's wake-up still writes one (kopf's touch-dummy annotation).
+    settings.persistence.progress_storage = handled.progress
+    settings.persistence.diffbase_storage = handled.diffbase
     # Our Events are written deliberately by kube/events.py; kopf's per-log-line Events would
     # duplicate them and could carry text we never meant to publish.
     settings.posting.enabled = False
@@ -55,11 +54,16 @@ def build_registry(operator: OperatorSettings) -> kopf.OperatorRegistry:
 
         @kopf.on.startup()
         async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-            configure_kopf(settings, operator)
+            handled = HandledMemory()
+            configure_kopf(settings, operator, handled)
             client = make_client(operator.field_manager)
             pool = BrokerPool()
             memo["ctx"] = OperatorContext(
-                settings=operator, client=client, pool=pool, access=AccessSync(client, pool, operator)
+                settings=operator,
+                client=client,
+                pool=pool,
+                access=AccessSync(client, pool, operator),
+                handled=handled,
             )
             log.info("operator started", extra={"namespaces": list(operator.namespaces) or "all"})
 

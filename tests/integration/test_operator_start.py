@@ -16,6 +16,9 @@ from testenv.operator import OperatorProcess
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PAUSE = "mqtt-operator.io/pause-reconciliation"
+# kopf's diff base, which operators before issue 18 wrote into every object they handled.
+LEGACY_ANNOTATION = "kopf.mqtt-operator.io/last-handled-configuration"
 
 
 def get(cp: ControlPlane, ns: str, resource: str, name: str) -> dict[str, Any]:
@@ -26,6 +29,24 @@ def get(cp: ControlPlane, ns: str, resource: str, name: str) -> dict[str, Any]:
 def custom_objects() -> list[dict[str, Any]]:
     docs = [d for f in sorted(EXAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
     return [d for d in docs if d["apiVersion"].startswith("mqtt-operator.io/")]
+
+
+def resource_of(obj: dict[str, Any]) -> str:
+    return f"{obj['kind'].lower()}.mqtt-operator.io"  # the CRD's singular name
+
+
+def wait_observed(cp: ControlPlane, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """The live object once its status has conditions for its current generation."""
+    resource, name = resource_of(obj), obj["metadata"]["name"]
+
+    def observed() -> dict[str, Any] | None:
+        live = get(cp, ns, resource, name)
+        status = live.get("status") or {}
+        ok = status.get("observedGeneration") == live["metadata"]["generation"] and status.get("conditions")
+        return live if ok else None
+
+    result: dict[str, Any] = wait_for(f"status of {obj['kind']}/{name}", observed)
+    return result
 
 
 @pytest.fixture
@@ -50,18 +71,7 @@ def test_every_kind_gets_observed_generation_and_conditions(
     }
     cp.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
     for obj in objects:
-        resource = f"{obj['kind'].lower()}.mqtt-operator.io"  # the CRD's singular name
-        name = obj["metadata"]["name"]
-
-        def observed(resource: str = resource, name: str = name) -> dict[str, Any] | None:
-            live = get(cp, namespace, resource, name)
-            status = live.get("status") or {}
-            ok = status.get("observedGeneration") == live["metadata"]["generation"] and status.get(
-                "conditions"
-            )
-            return live if ok else None
-
-        live = wait_for(f"status of {obj['kind']}/{name}", observed)
+        live = wait_observed(cp, namespace, obj)
         ready = next(c for c in live["status"]["conditions"] if c["type"] == "Ready")
         assert ready["observedGeneration"] == live["metadata"]["generation"]
         assert ready["lastTransitionTime"].endswith("Z")
@@ -123,3 +133,45 @@ def test_transition_time_kept_across_a_spec_change_and_pause_annotation(
         "mqtt-operator.io/pause-reconciliation-",
     )
     wait_for("ReconciliationPaused removed", lambda: not paused(), timeout=60)
+
+
+def test_a_restart_handles_every_kind_again_and_drops_an_older_operators_annotation(
+    operator: OperatorProcess, crds_installed: ControlPlane, namespace: str
+) -> None:
+    """kopf's memory of each object is kept in the operator since issue 18 (handlers/handled.py), not in
+    the object: after a restart every object is handled again, a change made while the operator was down
+    (here the pause annotation, which changes no generation) is seen, and the annotation older operators
+    wrote is removed."""
+    cp = crds_installed
+    objects = custom_objects()
+    cp.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
+    for obj in objects:
+        live = wait_observed(cp, namespace, obj)
+        assert not [k for k in live["metadata"].get("annotations") or {} if k.startswith("kopf.")], live
+    operator.stop()
+    for obj in objects:
+        cp.kubectl(
+            "annotate",
+            "-n",
+            namespace,
+            resource_of(obj),
+            obj["metadata"]["name"],
+            f"{PAUSE}=true",
+            f'{LEGACY_ANNOTATION}={{"spec":{{}}}}',
+        )
+    restarted = OperatorProcess(cp, (namespace,)).start()
+    try:
+        for obj in objects:
+            resource, name = resource_of(obj), obj["metadata"]["name"]
+
+            def handled_again(resource: str = resource, name: str = name) -> bool:
+                live = get(cp, namespace, resource, name)
+                paused = any(
+                    c["type"] == "ReconciliationPaused" and c["status"] == "True"
+                    for c in (live.get("status") or {}).get("conditions", [])
+                )
+                return paused and LEGACY_ANNOTATION not in (live["metadata"].get("annotations") or {})
+
+            wait_for(f"{obj['kind']}/{name} paused, without the old annotation", handled_again, timeout=60)
+    finally:
+        restarted.stop()

@@ -95,11 +95,22 @@ def username_claims(users: Iterable[UserEntry]) -> dict[str, str]:
     return refused
 
 
+@dataclass(frozen=True)
+class _PasswordSet:
+    """A password this process set in a broker: the Secret's version it came from, and when."""
+
+    version: str
+    at: str
+
+
 @dataclass
 class _UserPlan:
     entry: UserEntry
     password: str | None = None  # None: keep what the broker has
     version: str | None = None
+    # The broker already holds the password, and this process set it: the status says so too, whichever
+    # sync's report the AuthUser's handler gets (else the next operator would set it again).
+    held: _PasswordSet | None = None
     outcome: Outcome | None = None
     # Another AuthUser (or the admin account) has this username: never desired in the broker.
     username_refused: bool = False
@@ -138,6 +149,9 @@ def _synced(up: _UserPlan, now: str) -> Outcome:
     if up.password is not None:
         status.password_secret_resource_version = up.version
         status.last_password_sync_time = now
+    elif up.held is not None:
+        status.password_secret_resource_version = up.held.version
+        status.last_password_sync_time = up.held.at
     return Outcome(
         conditions=(
             ConditionUpdate("Ready", "True", "Synced", f"account {up.entry.username!r} is in the broker"),
@@ -159,7 +173,7 @@ class AccessSync:
         self.settings = settings
         self._coalescer: Coalescer[SyncReport] = Coalescer()
         # (namespace, instance, username) -> the Secret version whose password the broker holds.
-        self._password_versions: dict[tuple[str, str, str], str] = {}
+        self._passwords: dict[tuple[str, str, str], _PasswordSet] = {}
 
     async def sync(self, namespace: str, instance: str, snapshot: Callable[[], AccessSnapshot]) -> SyncReport:
         """A full sync of the instance that started after this call (shared with concurrent callers)."""
@@ -169,7 +183,8 @@ class AccessSync:
 
     def password_outdated(self, namespace: str, instance: str, username: str, secret_version: str) -> bool:
         """Whether the broker may hold another Secret version's password than `secret_version`."""
-        return self._password_versions.get((namespace, instance, username)) != secret_version
+        held = self._passwords.get((namespace, instance, username))
+        return held is None or held.version != secret_version
 
     async def _sync(self, namespace: str, instance_name: str, snap: AccessSnapshot) -> SyncReport:
         """The ordered steps of one sync over one context; the first that returns a report ends it."""
@@ -320,7 +335,8 @@ class AccessSync:
                 )
             else:
                 if up.password is not None and up.version is not None:
-                    self._password_versions[(run.namespace, run.instance_name, username)] = up.version
+                    key = (run.namespace, run.instance_name, username)
+                    self._passwords[key] = _PasswordSet(up.version, now)
                 report.users[name] = _synced(up, now)
         for pol in run.snap.policies:
             if pol.name in report.policies:
@@ -402,12 +418,11 @@ class AccessSync:
                 up.outcome = not_ready("Conflict", refusal)
                 up.username_refused = True
                 return up
-            known = (
-                self._password_versions.get((namespace, instance, entry.username))
-                or entry.synced_secret_version
-            )
+            held = self._passwords.get((namespace, instance, entry.username))
+            known = held.version if held else entry.synced_secret_version
             current = snap.secret_versions.get(entry.secret_name)
             if entry.username in have and current is not None and current == known:
+                up.held = held
                 return up  # the broker already holds this Secret version's password
             secret: SecretData | None
             async with gate:
@@ -437,6 +452,7 @@ class AccessSync:
                 )
                 return up
             if entry.username in have and secret.resource_version == known:
+                up.held = held
                 return up
             up.password, up.version = password, secret.resource_version
             return up

@@ -10,6 +10,7 @@ from lightkube import AsyncClient
 from mqtt_operator.broker.pool import BrokerPool
 from mqtt_operator.controllers.access import AccessSync
 from mqtt_operator.controllers.integration import Memory
+from mqtt_operator.handlers.handled import HandledMemory
 from mqtt_operator.settings import OperatorSettings
 
 
@@ -20,6 +21,8 @@ class OperatorContext:
     pool: BrokerPool
     access: AccessSync
     integrations: Memory = field(default_factory=Memory)  # the integrations' counters, latency ...
+    # What kopf remembers of each object between events (its diff base and handler progress).
+    handled: HandledMemory = field(default_factory=HandledMemory)
     # One reconcile at a time per object: kopf serializes its change handlers, but the timers and the
     # workers' StatefulSet events reconcile the same object from other tasks.
     reconciling: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
@@ -27,5 +30,8 @@ class OperatorContext:
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         return self.reconciling.setdefault((kind, namespace, name), asyncio.Lock())
 
-    def forget(self, kind: str, namespace: str, name: str) -> None:
+    def forget(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
+        """An object was deleted: drop what is kept about it."""
         self.reconciling.pop((kind, namespace, name), None)
+        if uid:
+            self.handled.forget(uid)

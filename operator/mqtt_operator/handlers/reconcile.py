@@ -140,7 +140,7 @@ async def count_object(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: 
         metrics.OBJECTS.gone(body["kind"], meta.get("namespace", ""), meta.get("name", ""))
         ctx: OperatorContext | None = memo.get("ctx")
         if ctx is not None:
-            ctx.forget(body["kind"], meta.get("namespace", ""), meta.get("name", ""))
+            ctx.forget(body["kind"], meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""))
     else:
         metrics.OBJECTS.seen(
             body["kind"], meta.get("namespace", ""), meta.get("name", ""), metrics.ready_of(body)
