@@ -59,6 +59,7 @@ COMPARISON_DROPPED = {
     "MqttDeliveryLatencyHigh",
     "MqttWorkerDisconnected",
     "MqttInstanceNotReady",
+    "MqttBrokerDroppingMessages",
     "MqttOperatorDown",
     "MqttOperatorReconcileErrors",
     "MqttOperatorBrokerCommandsFailing",
