@@ -1062,7 +1062,7 @@ MINIMAL: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "authorization": {"enabled": True},
             "sessions": {"expiry": "2h", "maxQueuedMessages": 100000, "maxInflightMessages": 1000},
             "limits": {"maxPacketSize": "2Mi", "maxConnections": -1},
-            "persistence": {"enabled": True, "size": "1Gi", "autosaveInterval": "30s"},
+            "persistence": {"enabled": True, "size": "1Gi", "autosaveInterval": "5s"},
             "monitoring": {"exporter": {"enabled": False, "port": 9234, "sysIntervalSeconds": 10}},
             "deletionPolicy": "delete",
         },
