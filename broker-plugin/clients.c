@@ -105,6 +105,12 @@ static struct client_rec *find_or_add(const char *id)
 
 static void forget_session(struct client_rec *rec)
 {
+	for(size_t i = 0; i < rec->sub_count; i++){
+		if(shares_is_shared(rec->subs[i].filter)){
+			shares_changed();
+			break;
+		}
+	}
 	for(size_t i = 0; i < rec->sub_count; i++) mosquitto_free(rec->subs[i].filter);
 	for(size_t i = 0; i < rec->revoked_count; i++) mosquitto_free(rec->revoked[i]);
 	revoked_total -= rec->revoked_count;
@@ -309,6 +315,9 @@ int clients_on_basic_auth(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 	take_pending(ed->client, &ignored);
+	/* Any answer but success, denial or defer makes the broker close the connection without a CONNACK:
+	 * what a client sees of a broker not yet up, and retries. */
+	if(!shares_admit(ed->client, ed->username)) return MOSQ_ERR_CONN_REFUSED;
 	if(pending_count == pending_cap){
 		size_t cap = pending_cap ? pending_cap * 2 : 64;
 		struct pending *grown = mosquitto_realloc(pending, cap * sizeof(*pending));
@@ -333,6 +342,7 @@ int clients_on_tick(int event, void *event_data, void *userdata)
 		struct pending p = pending[--pending_count];
 		connected(p.conn, p.at_ms);
 	}
+	shares_on_tick();
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -415,6 +425,10 @@ static void subscribed(struct mosquitto *conn, const char *filter, uint8_t qos)
 	ssize_t at;
 
 	if(rec == NULL || rec->conn != conn) return;
+	if(shares_is_shared(filter)){
+		shares_renewed(filter, rec->id);
+		if(!rec->clean_start && sub_index(rec, filter) < 0) shares_changed();
+	}
 	unrevoke(rec, filter);
 	at = sub_index(rec, filter);
 	if(at >= 0){
@@ -438,6 +452,7 @@ static void unsubscribed(struct client_rec *rec, const char *filter)
 	ssize_t at = sub_index(rec, filter);
 
 	if(at < 0) return;
+	if(shares_is_shared(filter)) shares_changed();
 	mosquitto_free(rec->subs[at].filter);
 	rec->subs[at] = rec->subs[--rec->sub_count];
 }

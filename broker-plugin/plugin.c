@@ -18,7 +18,7 @@
 #include "plugin.h"
 
 static mosquitto_plugin_id_t *plugin_id = NULL;
-struct plugin_config config = {DEFAULT_FIELDS, true, NULL, false, false, NULL, 0};
+struct plugin_config config = {DEFAULT_FIELDS, true, NULL, false, false, NULL, 0, NULL, DEFAULT_SHARE_WAIT_S, NULL, 0};
 
 int64_t now_ms(void)
 {
@@ -51,27 +51,34 @@ static int parse_fields(const char *value, unsigned *fields)
 	return MOSQ_ERR_SUCCESS;
 }
 
-static int parse_users(const char *value)
+/* A comma- or space-separated list, appended to *list. */
+static int parse_list(const char *value, char ***list, size_t *count)
 {
 	char *copy = strdup(value), *save = NULL, *tok;
 
 	if(copy == NULL) return MOSQ_ERR_NOMEM;
 	for(tok = strtok_r(copy, ", ", &save); tok != NULL; tok = strtok_r(NULL, ", ", &save)){
-		char **grown = mosquitto_realloc(config.control_users, (config.control_user_count + 1) * sizeof(char *));
+		char **grown = mosquitto_realloc(*list, (*count + 1) * sizeof(char *));
 		if(grown == NULL){
 			free(copy);
 			return MOSQ_ERR_NOMEM;
 		}
-		config.control_users = grown;
-		config.control_users[config.control_user_count] = mosquitto_strdup(tok);
-		if(config.control_users[config.control_user_count] == NULL){
+		*list = grown;
+		(*list)[*count] = mosquitto_strdup(tok);
+		if((*list)[*count] == NULL){
 			free(copy);
 			return MOSQ_ERR_NOMEM;
 		}
-		config.control_user_count++;
+		(*count)++;
 	}
 	free(copy);
 	return MOSQ_ERR_SUCCESS;
+}
+
+static void free_list(char **list, size_t count)
+{
+	for(size_t i = 0; i < count; i++) mosquitto_free(list[i]);
+	mosquitto_free(list);
 }
 
 static int parse_bool(const char *key, const char *value, bool *out)
@@ -100,13 +107,36 @@ static int parse_access(const char *value, bool *allow)
 	return MOSQ_ERR_SUCCESS;
 }
 
+static int parse_seconds(const char *key, const char *value, int *out)
+{
+	char *end = NULL;
+	long n = strtol(value, &end, 10);
+
+	if(end == value || *end != '\0' || n < 0 || n > 86400){
+		mosquitto_log_printf(MOSQ_LOG_ERR, PLUGIN_NAME ": plugin_opt_%s takes whole seconds from 0 to 86400, not '%s'", key, value);
+		return MOSQ_ERR_INVAL;
+	}
+	*out = (int)n;
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int parse_option(const struct mosquitto_opt *opt, const char **topic)
 {
 	if(!strcasecmp(opt->key, "fields")) return parse_fields(opt->value, &config.fields);
 	if(!strcasecmp(opt->key, "events")) return parse_bool(opt->key, opt->value, &config.events);
 	if(!strcasecmp(opt->key, "clients")) return parse_bool(opt->key, opt->value, &config.clients);
 	if(!strcasecmp(opt->key, "access")) return parse_access(opt->value, &config.allow);
-	if(!strcasecmp(opt->key, "control_users")) return parse_users(opt->value);
+	if(!strcasecmp(opt->key, "control_users")) return parse_list(opt->value, &config.control_users, &config.control_user_count);
+	if(!strcasecmp(opt->key, "share_exempt")) return parse_list(opt->value, &config.share_exempt, &config.share_exempt_count);
+	if(!strcasecmp(opt->key, "share_wait")) return parse_seconds(opt->key, opt->value, &config.share_wait_s);
+	if(!strcasecmp(opt->key, "share_state")){
+		if(opt->value[0] != '/'){
+			mosquitto_log_printf(MOSQ_LOG_ERR, PLUGIN_NAME ": plugin_opt_share_state takes an absolute path, not '%s'", opt->value);
+			return MOSQ_ERR_INVAL;
+		}
+		config.share_state = mosquitto_strdup(opt->value);
+		return config.share_state != NULL ? MOSQ_ERR_SUCCESS : MOSQ_ERR_NOMEM;
+	}
 	if(!strcasecmp(opt->key, "events_topic")){
 		*topic = opt->value;
 		if(mosquitto_pub_topic_check(*topic) != MOSQ_ERR_SUCCESS){
@@ -200,6 +230,12 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data, s
 	}
 	config.events_topic = mosquitto_strdup(topic);
 	if(config.events_topic == NULL) return MOSQ_ERR_NOMEM;
+	if(config.share_state != NULL && !config.clients){
+		/* The record is made from the client table. */
+		mosquitto_log_printf(MOSQ_LOG_WARNING, PLUGIN_NAME ": plugin_opt_share_state needs plugin_opt_clients on: ignored");
+		mosquitto_free(config.share_state);
+		config.share_state = NULL;
+	}
 
 	mosquitto_log_printf(MOSQ_LOG_INFO, PLUGIN_NAME ": stamping%s%s%s%s%s; client events %s%s; clients %s%s",
 		config.fields & FIELD_CLIENT_ID ? " clientId" : "",
@@ -212,6 +248,12 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data, s
 		config.clients ? "tracked, control on " CONTROL_TOPIC : "not tracked",
 		config.clients && config.allow ? " (access allow: no other auth plugin)" : "");
 
+	if(config.share_state != NULL){
+		mosquitto_log_printf(MOSQ_LOG_INFO, PLUGIN_NAME ": shared subscriptions of persistent sessions recorded in %s; held for at most %d s after a start",
+			config.share_state, config.share_wait_s);
+	}
+	rc = shares_start();
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
 	n = registrations(regs);
 	for(size_t i = 0; i < n; i++){
 		rc = mosquitto_callback_register(plugin_id, regs[i].event, regs[i].callback, regs[i].event_data, NULL);
@@ -231,12 +273,12 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *opts, int op
 	for(size_t i = 0; i < n; i++){
 		mosquitto_callback_unregister(plugin_id, regs[i].event, regs[i].callback, regs[i].event_data);
 	}
+	shares_cleanup();   /* first: a last change is written from the client table */
 	clients_cleanup();
-	for(size_t i = 0; i < config.control_user_count; i++){
-		mosquitto_free(config.control_users[i]);
-	}
-	mosquitto_free(config.control_users);
+	free_list(config.control_users, config.control_user_count);
+	free_list(config.share_exempt, config.share_exempt_count);
 	mosquitto_free(config.events_topic);
-	config = (struct plugin_config){DEFAULT_FIELDS, true, NULL, false, false, NULL, 0};
+	mosquitto_free(config.share_state);
+	config = (struct plugin_config){DEFAULT_FIELDS, true, NULL, false, false, NULL, 0, NULL, DEFAULT_SHARE_WAIT_S, NULL, 0};
 	return MOSQ_ERR_SUCCESS;
 }

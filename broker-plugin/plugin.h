@@ -5,6 +5,7 @@
  *   stamp.c    the user properties stamped on every PUBLISH (MOSQ_EVT_MESSAGE)
  *   clients.c  who is connected and what they subscribe to; connect/disconnect events
  *   control.c  the admin's request/response interface on $CONTROL/mqtt-operator/v1
+ *   shares.c   shared subscriptions across a restart: their record, and holding clients until renewed
  *
  * The broker runs every plugin callback on its one main thread: nothing here locks.
  * docs/broker-plugin.md describes the behaviour; this header only the seams between the files.
@@ -33,6 +34,7 @@ enum {
 	FIELD_MESSAGE_ID = 1 << 2,
 	FIELD_TIME = 1 << 3,
 };
+#define DEFAULT_SHARE_WAIT_S 60
 #define DEFAULT_FIELDS (FIELD_CLIENT_ID | FIELD_ADDRESS | FIELD_MESSAGE_ID)
 
 struct plugin_config {
@@ -43,6 +45,10 @@ struct plugin_config {
 	bool allow;             /* plugin_opt_access allow: the broker's only auth plugin, lets all in */
 	char **control_users;   /* plugin_opt_control_users: who may use CONTROL_TOPIC */
 	size_t control_user_count;
+	char *share_state;      /* plugin_opt_share_state: the record of shared subscriptions, or NULL */
+	int share_wait_s;       /* plugin_opt_share_wait: how long at most clients are held after a start */
+	char **share_exempt;    /* plugin_opt_share_exempt: client ids let in while holding (a sidecar's) */
+	size_t share_exempt_count;
 };
 
 extern struct plugin_config config;
@@ -92,5 +98,17 @@ cJSON *clients_json(const struct client_rec *rec, bool with_subscriptions);
 /* control.c */
 int control_on_request(int event, void *event_data, void *userdata);
 bool control_user(const struct mosquitto *client);
+
+/* shares.c */
+bool shares_is_shared(const char *filter);
+int shares_start(void);
+void shares_cleanup(void);
+/* Whether a login may go on now (false while holding, unless a recorded holder or control user). */
+bool shares_admit(const struct mosquitto *client, const char *username);
+/* `client_id` subscribed `filter`: renews it while holding. */
+void shares_renewed(const char *filter, const char *client_id);
+/* The set of shared subscriptions of persistent sessions may have changed: written at the next TICK. */
+void shares_changed(void);
+void shares_on_tick(void);
 
 #endif

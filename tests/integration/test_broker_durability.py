@@ -10,6 +10,7 @@ persistent session, as a Kafka outage builds for the workers' shared subscriptio
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -23,6 +24,7 @@ from paho.mqtt.properties import Properties
 from test_mosquitto_conf import RenderedBroker, make_spec
 
 from mqtt_operator.api.instance import MqttInstanceSpec
+from mqtt_operator.resources.mosquitto_conf import EXPORTER_CLIENT_ID
 
 pytestmark = pytest.mark.integration
 
@@ -99,13 +101,21 @@ def _drain(port: int) -> set[int]:
         client.loop_stop()
 
 
+@contextlib.contextmanager
+def _running(**persistence: str) -> Iterator[RenderedBroker]:
+    # The default spec (only authorization off, so the test's clients need no accounts).
+    started = RenderedBroker(make_spec(authorization={"enabled": False}, persistence=persistence))
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
 @pytest.fixture
 def broker() -> Iterator[RenderedBroker]:
-    # The default spec (only authorization off, so the test's clients need no accounts).
-    started = RenderedBroker(make_spec(authorization={"enabled": False}))
-    started.start()
-    yield started
-    started.stop()
+    with _running() as started:
+        yield started
 
 
 def _kill(broker: RenderedBroker) -> None:
@@ -151,28 +161,160 @@ def test_a_crash_keeps_what_was_saved_and_loses_at_most_the_last_interval(broker
     assert got <= set(saved) | set(at_risk)  # nothing invented, no number outside what was sent
 
 
-@pytest.mark.parametrize("topic_filter", [TOPIC, SHARED])
-def test_after_a_restart_a_share_group_has_no_member_until_its_session_owner_returns(
-    broker: RenderedBroker, topic_filter: str
-) -> None:
-    """A known limit of Mosquitto 2.0 that the guarantees must state (docs/reliability.md): a persistent
-    session's plain subscription comes back from the saved state, its shared subscription does not.
-    Until the owner (a bridge worker) subscribes again, a message on the topic is acknowledged with
-    "no matching subscribers" (0x10, a success code to MQTT 5) and dropped. The queued backlog itself
-    survives the restart either way."""
-    _queue_for_offline_session(broker, topic_filter)
-    before = range(1_000)
-    assert _publish(broker.port(), before) == {0}
+def _admitted(port: int, client_id: str, wait_s: float = 5) -> bool:
+    """Whether the broker lets a client in now: True on a CONNACK, False when it closes the connection
+    without one (what the plugin does while it holds clients after a start)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    outcome: list[bool] = []
+    done = threading.Event()
+
+    def on_connect(*_: object) -> None:
+        outcome.append(True)
+        done.set()
+
+    def on_disconnect(*_: object) -> None:
+        outcome.append(False)
+        done.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    client.connect("127.0.0.1", port, 30)
+    client.loop_start()
+    try:
+        assert done.wait(wait_s), "neither a CONNACK nor a closed connection"
+        return outcome[0]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _until_quiet(numbers: set[int], quiet_s: float = 3) -> set[int]:
+    seen, quiet_since = -1, time.monotonic()
+    while time.monotonic() - quiet_since < quiet_s:
+        time.sleep(0.1)
+        if len(numbers) != seen:
+            seen, quiet_since = len(numbers), time.monotonic()
+    return set(numbers)
+
+
+def _resubscribe(port: int, topic_filter: str) -> tuple[mqtt.Client, set[int]]:
+    """The backlog's owner back, as a worker comes back: its session resumed, its filter subscribed again."""
+    client, numbers = _subscriber(port)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.subscribe(topic_filter, qos=1)
+    assert subscribed.wait(10), "no SUBACK"
+    return client, numbers
+
+
+def _restarted(broker: RenderedBroker) -> None:
     broker.stop()
     broker.start()
-    after = range(1_000, 2_000)
-    reasons = _publish(broker.port(), after)
-    got = _drain(broker.port())
-    print(f"{topic_filter}: {len(set(after) - got)} of {len(after)} published after the restart lost")
-    assert set(before) <= got
-    if topic_filter == SHARED:
-        assert reasons == {0x10}
-        assert not got & set(after)
-    else:
-        assert reasons == {0}
-        assert set(after) <= got
+
+
+def test_after_a_restart_clients_wait_until_the_shared_subscription_is_back(broker: RenderedBroker) -> None:
+    """Mosquitto 2.0 restores a persistent session's plain subscriptions, not its shared ones: a message
+    published before the owner (a bridge worker) subscribes again would be acknowledged with "no matching
+    subscribers" (0x10) and dropped. Our plugin records the shared subscription and, after the start,
+    closes other clients' connections without a CONNACK until it is back; the owner gets in at once."""
+    _queue_for_offline_session(broker, SHARED)
+    before = range(1_000)
+    assert _publish(broker.port(), before) == {0}
+    _restarted(broker)
+    assert not _admitted(broker.port(), "device-early"), (
+        "a device got in before the shared subscription was back"
+    )
+    owner, numbers = _resubscribe(broker.port(), SHARED)
+    try:
+        assert _admitted(broker.port(), "device-late")
+        after = range(1_000, 2_000)
+        reasons = _publish(broker.port(), after)
+        got = _until_quiet(numbers)
+    finally:
+        owner.disconnect()
+        owner.loop_stop()
+    print(
+        f"{SHARED}: {len(set(before) - got)} of the backlog and "
+        f"{len(set(after) - got)} of {len(after)} published after the restart lost"
+    )
+    assert reasons == {0}
+    assert set(before) | set(after) <= got
+    assert "every shared subscription renewed after" in broker.log
+
+
+def test_a_plain_subscription_is_restored_and_holds_nobody(broker: RenderedBroker) -> None:
+    _queue_for_offline_session(broker, TOPIC)
+    _restarted(broker)
+    assert _admitted(broker.port(), "device")
+    after = range(1_000)
+    assert _publish(broker.port(), after) == {0}
+    assert set(after) <= _drain(broker.port())
+
+
+def test_a_restart_while_holding_keeps_the_record(broker: RenderedBroker) -> None:
+    _queue_for_offline_session(broker, SHARED)
+    _restarted(broker)
+    assert not _admitted(broker.port(), "device")
+    _restarted(broker)  # before the owner came back: nothing was rewritten
+    assert not _admitted(broker.port(), "device")
+    # The exporter sidecar gets in: the broker Pod's readiness waits on it, and the workers on that.
+    assert _admitted(broker.port(), EXPORTER_CLIENT_ID)
+    owner, _ = _resubscribe(broker.port(), SHARED)
+    owner.disconnect()
+    owner.loop_stop()
+    assert _admitted(broker.port(), "device")
+
+
+def test_a_clean_session_holds_nobody(broker: RenderedBroker) -> None:
+    """A shared subscription that ends with its connection is not recorded: nothing to wait for."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="passing", protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect("127.0.0.1", broker.port(), 30, clean_start=True)
+    client.loop_start()
+    client.subscribe(SHARED, qos=1)
+    assert subscribed.wait(10)
+    client.disconnect()
+    client.loop_stop()
+    _restarted(broker)
+    assert _admitted(broker.port(), "device")
+
+
+def test_an_unsubscribed_share_holds_nobody(broker: RenderedBroker) -> None:
+    owner, _ = _resubscribe(broker.port(), SHARED)
+    done = threading.Event()
+    owner.on_unsubscribe = lambda *_: done.set()
+    owner.unsubscribe(SHARED)
+    assert done.wait(10)
+    owner.disconnect()
+    owner.loop_stop()
+    _restarted(broker)
+    assert _admitted(broker.port(), "device")
+
+
+def test_the_hold_ends_after_resubscribe_wait_when_the_owner_does_not_return() -> None:
+    """A holder that never comes back (its connector deleted while the broker was down) holds clients for
+    spec.persistence.resubscribeWait at most; then they get in, the log names what was not renewed, and the
+    record forgets it, so the next restart holds nobody."""
+    with _running(resubscribeWait="3s") as broker:
+        _queue_for_offline_session(broker, SHARED)
+        _restarted(broker)
+        started = time.monotonic()
+        assert not _admitted(broker.port(), "device")
+        while not _admitted(broker.port(), "device"):
+            assert time.monotonic() - started < 15, "still holding clients long after resubscribeWait"
+            time.sleep(0.5)
+        assert (
+            f"not renewed, so what is published on them is dropped until their holders return: {SHARED}"
+            in broker.log
+        )
+        assert _publish(broker.port(), range(100)) == {0x10}  # what the hold was for: nobody takes them
+        _restarted(broker)
+        assert _admitted(broker.port(), "device")
+
+
+def test_resubscribe_wait_0s_turns_the_hold_off() -> None:
+    with _running(resubscribeWait="0s") as broker:
+        _queue_for_offline_session(broker, SHARED)
+        _restarted(broker)
+        assert _admitted(broker.port(), "device")

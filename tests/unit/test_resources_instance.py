@@ -132,6 +132,9 @@ class TestMosquittoConf:
             "plugin_opt_clients on",
             "plugin_opt_control_users mqtt-operator-admin",
             "plugin_opt_access defer",
+            "plugin_opt_share_state /mosquitto/data/mqtt-operator-shares.json",
+            "plugin_opt_share_wait 60",
+            "plugin_opt_share_exempt mqtt-operator-exporter",
             "plugin /usr/lib/mosquitto_dynamic_security.so",
             "plugin_opt_config_file /mosquitto/data/dynamic-security.json",
         ]
@@ -146,6 +149,10 @@ class TestMosquittoConf:
     )
     def test_message_stamps_choose_the_plugins_fields(self, stamps: dict[str, bool], fields: str) -> None:
         assert f"plugin_opt_fields {fields}" in options(conf(messageStamps=stamps))
+
+    @pytest.mark.parametrize(("wait", "seconds"), [("0s", 0), ("90s", 90), ("1500ms", 2), ("2m", 120)])
+    def test_resubscribe_wait_is_written_in_whole_seconds(self, wait: str, seconds: int) -> None:
+        assert f"plugin_opt_share_wait {seconds}" in options(conf(persistence={"resubscribeWait": wait}))
 
     def test_client_events_can_be_moved_or_turned_off(self) -> None:
         lines = options(conf(clientEvents={"topic": "fleet/lifecycle"}))
@@ -224,6 +231,7 @@ class TestMosquittoConf:
         [
             ({"sessions": {"expiry": "2h\nallow_anonymous true"}}, "spec.sessions.expiry"),
             ({"persistence": {"autosaveInterval": "30s\nlistener 1"}}, "spec.persistence.autosaveInterval"),
+            ({"persistence": {"resubscribeWait": "1m\nlistener 1"}}, "spec.persistence.resubscribeWait"),
             ({"limits": {"maxPacketSize": "1Mi\rplugin x"}}, "spec.limits.maxPacketSize"),
         ],
     )

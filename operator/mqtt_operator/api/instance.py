@@ -95,11 +95,20 @@ class Persistence(Model):
     # 5s, not Mosquitto's 30 min nor our former 30s: a broker killed (OOM, node lost) loses what it
     # accepted since its last save (docs/reliability.md has the measurements behind the choice).
     autosave_interval: str = "5s"
+    # Mosquitto 2.0 does not restore shared subscriptions: for this long after a start, clients other than
+    # their recorded holders are refused until every one is back (docs/reliability.md). 60 s covers a
+    # worker's reconnect backoff (at most 5 s) with room for a slow node.
+    resubscribe_wait: str = "60s"
 
     @property
     def autosave_seconds(self) -> int:
         # Mosquitto counts whole seconds; sub-second values round up so autosave never turns off.
         return max(1, int(duration_seconds(self.autosave_interval) + 0.999))
+
+    @property
+    def resubscribe_wait_seconds(self) -> int:
+        # Whole seconds, rounded up so that a set sub-second wait does not turn the hold off.
+        return int(duration_seconds(self.resubscribe_wait) + 0.999)
 
 
 class ExtraConfig(Model):

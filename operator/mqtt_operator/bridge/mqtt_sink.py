@@ -25,7 +25,13 @@ from mqtt_operator.bridge.mqtt_client import (
     endpoint_options,
     open_connection,
 )
-from mqtt_operator.bridge.pipeline import TRANSIENT, Delivery, TransientError, backoff
+from mqtt_operator.bridge.pipeline import (
+    BROKER_RECONNECT_CAP_S,
+    TRANSIENT,
+    Delivery,
+    TransientError,
+    backoff,
+)
 from mqtt_operator.bridge.records import MqttPublish, Properties
 
 log = logging.getLogger(__name__)
@@ -92,7 +98,7 @@ class MqttSink:
             except (OSError, MqttError, ConnectionLost, TimeoutError) as err:
                 attempt += 1
                 self.last_error = f"cannot connect to the MQTT broker: {err}"
-                delay = backoff(attempt, base=0.5, cap=30)
+                delay = backoff(attempt, base=0.5, cap=BROKER_RECONNECT_CAP_S)
                 log.warning(self.last_error, extra={"retry_in_s": round(delay, 2)})
                 await asyncio.sleep(delay)
                 continue

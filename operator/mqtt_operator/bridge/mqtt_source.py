@@ -30,7 +30,7 @@ from mqtt_operator.bridge.mqtt_client import (
     endpoint_options,
     open_connection,
 )
-from mqtt_operator.bridge.pipeline import backoff
+from mqtt_operator.bridge.pipeline import BROKER_RECONNECT_CAP_S, backoff
 from mqtt_operator.bridge.records import Message
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class MqttSource:
             except (OSError, MqttError, ConnectionLost, TimeoutError) as err:
                 attempt += 1
                 self.last_error = f"cannot connect to the MQTT broker: {err}"
-                delay = backoff(attempt, base=0.5, cap=30)
+                delay = backoff(attempt, base=0.5, cap=BROKER_RECONNECT_CAP_S)
                 log.warning(self.last_error, extra={"retry_in_s": round(delay, 2)})
                 await asyncio.sleep(delay)
                 continue
@@ -166,7 +166,7 @@ class MqttSource:
                 # Unacknowledged messages of that connection come again on the resumed session.
                 self._buffer.clear()
             if not self._stopping:
-                await asyncio.sleep(backoff(attempt, base=0.5, cap=30))
+                await asyncio.sleep(backoff(attempt, base=0.5, cap=BROKER_RECONNECT_CAP_S))
 
     async def take(self, limit: int | None = None) -> list[Message]:
         """What has arrived (at most `limit`, else `max_batch`), once something has.

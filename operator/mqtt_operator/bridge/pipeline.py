@@ -88,6 +88,12 @@ class DeadLetters(Protocol[M]):
         ...
 
 
+# Reconnecting to the broker: soon after it is back, because after a restart it holds devices out until
+# the workers' shared subscriptions are renewed (spec.persistence.resubscribeWait), and a connection
+# attempt costs the broker little.
+BROKER_RECONNECT_CAP_S = 5.0
+
+
 def backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
     """Exponential backoff with full jitter on its upper half."""
     high = min(cap, base * 2 ** min(attempt, 16))

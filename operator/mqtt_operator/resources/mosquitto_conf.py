@@ -20,6 +20,11 @@ from mqtt_operator.resources.templating import render
 
 CONFIG_FILE = "mosquitto.conf"
 DYNSEC_FILE = "dynamic-security.json"
+# The broker plugin's record of the shared subscriptions of persistent sessions (broker-plugin/shares.c).
+SHARE_STATE_FILE = "mqtt-operator-shares.json"
+# The exporter sidecar's MQTT client id, so the broker's log and `kubectl mqtt clients` name it; let in
+# while the broker holds clients after a start, as its readiness is the broker Pod's.
+EXPORTER_CLIENT_ID = "mqtt-operator-exporter"
 
 # Keys of a kubernetes.io/tls Secret, as cert-manager writes them.
 TLS_CERT = "tls.crt"
@@ -244,6 +249,7 @@ def render_mosquitto_conf(spec: MqttInstanceSpec, paths: BrokerPaths = IN_POD_PA
     if not listeners:
         raise ValueError("spec.listeners needs at least one listener (mqtt, mqtts or websocket)")
     _duration("spec.persistence.autosaveInterval", spec.persistence.autosave_interval)
+    _duration("spec.persistence.resubscribeWait", spec.persistence.resubscribe_wait)
     return render(
         "mosquitto.conf.j2",
         authorization=spec.authorization.enabled,
@@ -258,6 +264,11 @@ def render_mosquitto_conf(spec: MqttInstanceSpec, paths: BrokerPaths = IN_POD_PA
         data_dir=paths.data_dir,
         autosave_interval=checked_int(
             "spec.persistence.autosaveInterval", spec.persistence.autosave_seconds, 1, _INT32_MAX
+        ),
+        share_state_file=SHARE_STATE_FILE,
+        share_exempt=EXPORTER_CLIENT_ID,
+        resubscribe_wait=checked_int(
+            "spec.persistence.resubscribeWait", spec.persistence.resubscribe_wait_seconds, 0, 86400
         ),
         session_expiry_hours=_session_expiry_hours(spec),
         max_queued_messages=checked_int(

@@ -10,7 +10,7 @@ from mqtt_operator.api.instance import MqttInstanceSpec
 from mqtt_operator.resources.admin_secret import ADMIN_USERNAME, PASSWORD_KEY, admin_secret_name
 from mqtt_operator.resources.broker_config import CONFIG_HASH_ANNOTATION, config_map_name
 from mqtt_operator.resources.identity import BROKER_COMPONENT, InstanceIdentity
-from mqtt_operator.resources.mosquitto_conf import IN_POD_PATHS, BrokerPaths
+from mqtt_operator.resources.mosquitto_conf import EXPORTER_CLIENT_ID, IN_POD_PATHS, BrokerPaths
 from mqtt_operator.resources.services import headless_service_name
 
 DEFAULT_IMAGE = "eclipse-mosquitto:2.0.22"
@@ -20,8 +20,6 @@ DEFAULT_IMAGE = "eclipse-mosquitto:2.0.22"
 DEFAULT_EXPORTER_IMAGE = f"mqtt-operator:{__version__}"
 EXPORTER_CONTAINER = "exporter"
 METRICS_PORT_NAME = "metrics"
-# The exporter's MQTT client id, so the broker's log and `kubectl mqtt clients` name it.
-EXPORTER_CLIENT_ID = "mqtt-operator-exporter"
 BROKER_UID = 1883  # the mosquitto user of the eclipse-mosquitto image
 DATA_VOLUME = "data"
 CONFIG_VOLUME = "config"
