@@ -70,6 +70,7 @@ clean: ## Remove the venv and the test environment cache
 
 bench: venv testenv ## Run the benchmarks; figures go to bench/results.json
 	$(PY) bench/bench_access.py
+	$(PY) bench/bench_access.py --count 5000
 	$(PY) bench/bench_bridge.py
 	$(PY) bench/bench_function.py
 	$(PY) bench/bench_rocketmq.py

@@ -18,7 +18,7 @@
 #include "plugin.h"
 
 static mosquitto_plugin_id_t *plugin_id = NULL;
-struct plugin_config config = {DEFAULT_FIELDS, true, NULL, false, false, NULL, 0, NULL, DEFAULT_SHARE_WAIT_S, NULL, 0};
+struct plugin_config config = {DEFAULT_FIELDS, true, NULL, false, false, NULL, 0, NULL, DEFAULT_SHARE_WAIT_S, NULL, 0, false};
 
 int64_t now_ms(void)
 {
@@ -125,6 +125,7 @@ static int parse_option(const struct mosquitto_opt *opt, const char **topic)
 	if(!strcasecmp(opt->key, "fields")) return parse_fields(opt->value, &config.fields);
 	if(!strcasecmp(opt->key, "events")) return parse_bool(opt->key, opt->value, &config.events);
 	if(!strcasecmp(opt->key, "clients")) return parse_bool(opt->key, opt->value, &config.clients);
+	if(!strcasecmp(opt->key, "dynsec_batch_saves")) return parse_bool(opt->key, opt->value, &config.dynsec_batch_saves);
 	if(!strcasecmp(opt->key, "access")) return parse_access(opt->value, &config.allow);
 	if(!strcasecmp(opt->key, "control_users")) return parse_list(opt->value, &config.control_users, &config.control_user_count);
 	if(!strcasecmp(opt->key, "share_exempt")) return parse_list(opt->value, &config.share_exempt, &config.share_exempt_count);
@@ -182,6 +183,15 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	return config.allow ? MOSQ_ERR_SUCCESS : MOSQ_ERR_PLUGIN_DEFER;
 }
 
+/* The end of every pass of the broker's loop: logins let in, the shared-subscription record, the
+ * dynamic-security save a batch of commands left due. */
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	if(config.clients) clients_on_tick(event, event_data, userdata);
+	dynsec_save_flush();
+	return MOSQ_ERR_SUCCESS;
+}
+
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
 {
 	for(int i = 0; i < supported_version_count; i++){
@@ -206,8 +216,10 @@ static size_t registrations(struct registration out[6])
 	if(config.clients){
 		out[n++] = (struct registration){MOSQ_EVT_BASIC_AUTH, clients_on_basic_auth, NULL};
 		out[n++] = (struct registration){MOSQ_EVT_ACL_CHECK, on_acl_check, NULL};
-		out[n++] = (struct registration){MOSQ_EVT_TICK, clients_on_tick, NULL};
 		out[n++] = (struct registration){MOSQ_EVT_CONTROL, control_on_request, CONTROL_TOPIC};
+	}
+	if(config.clients || config.dynsec_batch_saves){
+		out[n++] = (struct registration){MOSQ_EVT_TICK, on_tick, NULL};
 	}
 	out[n++] = (struct registration){MOSQ_EVT_DISCONNECT, clients_on_disconnect, NULL};
 	return n;
@@ -252,6 +264,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data, s
 		mosquitto_log_printf(MOSQ_LOG_INFO, PLUGIN_NAME ": shared subscriptions of persistent sessions recorded in %s; held for at most %d s after a start",
 			config.share_state, config.share_wait_s);
 	}
+	if(config.dynsec_batch_saves){
+		mosquitto_log_printf(MOSQ_LOG_INFO, PLUGIN_NAME ": dynamic-security saves batched, one per pass of the broker's loop (when the broker's build lets the plugin's calls reach ours)");
+	}
 	rc = shares_start();
 	if(rc != MOSQ_ERR_SUCCESS) return rc;
 	n = registrations(regs);
@@ -273,12 +288,13 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *opts, int op
 	for(size_t i = 0; i < n; i++){
 		mosquitto_callback_unregister(plugin_id, regs[i].event, regs[i].callback, regs[i].event_data);
 	}
-	shares_cleanup();   /* first: a last change is written from the client table */
+	dynsec_save_flush(); /* first: dynamic security, loaded after us, is cleaned up after us */
+	shares_cleanup();   /* a last change is written from the client table */
 	clients_cleanup();
 	free_list(config.control_users, config.control_user_count);
 	free_list(config.share_exempt, config.share_exempt_count);
 	mosquitto_free(config.events_topic);
 	mosquitto_free(config.share_state);
-	config = (struct plugin_config){DEFAULT_FIELDS, true, NULL, false, false, NULL, 0, NULL, DEFAULT_SHARE_WAIT_S, NULL, 0};
+	config = (struct plugin_config){DEFAULT_FIELDS, true, NULL, false, false, NULL, 0, NULL, DEFAULT_SHARE_WAIT_S, NULL, 0, false};
 	return MOSQ_ERR_SUCCESS;
 }

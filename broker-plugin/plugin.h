@@ -6,6 +6,7 @@
  *   clients.c  who is connected and what they subscribe to; connect/disconnect events
  *   control.c  the admin's request/response interface on $CONTROL/mqtt-operator/v1
  *   shares.c   shared subscriptions across a restart: their record, and holding clients until renewed
+ *   dynsec_save.c  dynamic security's file saved once per pass of the broker's loop, not per command
  *
  * The broker runs every plugin callback on its one main thread: nothing here locks.
  * docs/broker-plugin.md describes the behaviour; this header only the seams between the files.
@@ -49,6 +50,7 @@ struct plugin_config {
 	int share_wait_s;       /* plugin_opt_share_wait: how long at most clients are held after a start */
 	char **share_exempt;    /* plugin_opt_share_exempt: client ids let in while holding (a sidecar's) */
 	size_t share_exempt_count;
+	bool dynsec_batch_saves; /* plugin_opt_dynsec_batch_saves: dynamic security saves once per loop pass */
 };
 
 extern struct plugin_config config;
@@ -98,6 +100,9 @@ cJSON *clients_json(const struct client_rec *rec, bool with_subscriptions);
 /* control.c */
 int control_on_request(int event, void *event_data, void *userdata);
 bool control_user(const struct mosquitto *client);
+
+/* dynsec_save.c */
+void dynsec_save_flush(void);
 
 /* shares.c */
 bool shares_is_shared(const char *filter);

@@ -69,6 +69,19 @@ def _broker_back(ns: Namespace, before: dict[str, Any]) -> None:
     )
 
 
+def _car_through_the_example(namespace: Namespace) -> tuple[list[str], NumberedPublisher]:
+    """examples/kafkaconnector.yaml with its car account, the workers ready, and the car publishing numbered
+    messages through the broker's Service."""
+    example_connector_with_car(namespace, "car-1")
+    workers = _ready_workers(namespace)
+    broker = _service_ip(namespace, namespace.namespace, "devices")
+    publisher = NumberedPublisher(
+        lambda: (broker, 1883), "car-1", namespace.secret("car-1-credentials"), "vehicles/car-1/state"
+    )
+    publisher.start()
+    return workers, publisher
+
+
 def _settled(cluster: Any, publisher: NumberedPublisher, timeout: float = 240) -> Tally:
     """The tally once every acknowledged number is in Kafka, or nothing new arrived for 45 s."""
     deadline, last, quiet_since = time.monotonic() + timeout, -1, time.monotonic()
@@ -94,13 +107,7 @@ def test_the_broker_stopped_and_killed_with_a_backlog_queued_for_workers_cut_off
     car out until the worker has subscribed again (Mosquitto does not restore shared subscriptions, and
     would acknowledge the car's messages with "no matching subscribers" and drop them meanwhile)."""
     ns = namespace.namespace
-    example_connector_with_car(namespace, "car-1")
-    workers = _ready_workers(namespace)
-    broker = _service_ip(namespace, ns, "devices")
-    publisher = NumberedPublisher(
-        lambda: (broker, 1883), "car-1", namespace.secret("car-1-credentials"), "vehicles/car-1/state"
-    )
-    publisher.start()
+    workers, publisher = _car_through_the_example(namespace)
     # (how the broker was stopped, when that began, when it was done, when its Pod was Ready again)
     stops: list[tuple[str, float, float, float]] = []
     backlog = 0  # acknowledged while the workers were cut off: what the broker held at its restarts
@@ -154,3 +161,46 @@ def test_the_broker_stopped_and_killed_with_a_backlog_queued_for_workers_cut_off
     # At-least-once: a duplicate is a message the broker delivered again after a restart; at most the
     # backlog plus what the workers held unacknowledged (Receive Maximum 1000 each) at each restart.
     assert tally.duplicates <= backlog + 2 * len(workers) * 1000
+
+
+def _broker_addresses(ns: Namespace) -> list[str]:
+    """The broker's Pod and its Service: all a worker talks to the broker through."""
+    return [pod(ns, "devices-0")["status"]["podIP"], _service_ip(ns, ns.namespace, "devices")]
+
+
+@pytest.mark.node_only("cuts a Pod's network with iptables in its network namespace")
+def test_partitions_of_60_s_from_kafka_and_from_the_broker_lose_nothing(
+    cluster: Any, namespace: Namespace
+) -> None:
+    """The workers cut off for 60 s from Kafka, then (after they caught up) for 60 s from the broker, both
+    as partitions (packets dropped, the far side up, connections hanging until their timeouts). Nothing
+    the broker acknowledged is lost; duplicates are bounded by what the workers held unacknowledged."""
+    ns = namespace.namespace
+    workers, publisher = _car_through_the_example(namespace)
+    rounds: list[tuple[str, int]] = []  # (cut from, acknowledged during the cut)
+    try:
+        wait_for("traffic flowing", lambda: len(publisher.acked) >= 500, timeout=60)
+        for far_side, addresses in (
+            ("kafka", _kafka_addresses(namespace)),
+            ("broker", _broker_addresses(namespace)),
+        ):
+            with ExitStack() as cut:
+                before = len(publisher.acked)
+                for worker in workers:
+                    cut.enter_context(cluster.partition(ns, worker, addresses))
+                time.sleep(60)
+                rounds.append((far_side, len(publisher.acked) - before))
+            time.sleep(20)  # the workers notice, reconnect and catch up
+    finally:
+        publisher.stop()
+
+    tally = _settled(cluster, publisher)
+    print(
+        tally.line("workers partitioned 60 s from Kafka, then 60 s from the broker")
+        + f"; acknowledged during each cut: {rounds}; publisher reconnects {publisher.reconnects}"
+    )
+    assert tally.lost == [], f"lost: {tally.lost[:20]}"
+    assert not publisher.unrouted
+    # At-least-once: after each cut the workers may get again what they held unacknowledged (Receive
+    # Maximum 1000 each) and what Kafka stored before a timed-out acknowledgement.
+    assert tally.duplicates <= len(rounds) * len(workers) * 2 * 1000

@@ -34,7 +34,8 @@ from testenv.process import free_port
 pytestmark = pytest.mark.integration
 CRDS = "crds"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
-# Commands that change the broker (each one a save of its dynamic-security file on Mosquitto 2.0).
+# Commands that change the broker (on Mosquitto 2.0 each one a save of its dynamic-security file, unless
+# our plugin batches them).
 MODIFYING = frozenset({"createClient", "addClientRole", "createRole", "setDefaultACLAccess"})
 ACCESS_RESOURCES = frozenset({"authusers", "aclpolicies"})
 PAIRS = int(os.environ.get("ACCESS_WRITES_PAIRS", "40"))
@@ -256,10 +257,12 @@ def test_writes_per_object_from_create_to_ready(audited: Audited) -> None:
     over = {key: n for key, n in figures.writes.items() if n > bounds.get(key, 0)}
     assert not over, f"more writes than {bounds}: {over}\n{report('create to Ready', figures, pairs)}"
     # The broker: one createClient, one createRole and one addClientRole per pair (and the default access
-    # once), sent in batches of up to 100 per message; Mosquitto 2.0 still saves its file once per command.
+    # once), sent in batches of up to 100 per message. Mosquitto 2.0's dynamic security saves its file
+    # after each command; our plugin makes that one save per pass of the broker's loop, and a pass handles
+    # at least a whole message (40 pairs: 2 saves for 121 commands; 120 without the plugin's batching).
     modifying = sum(n for command, n in figures.commands.items() if command in MODIFYING)
     assert modifying <= 3 * pairs + 1, figures.commands
-    assert figures.saves <= modifying, (figures.saves, modifying)
+    assert figures.saves >= 1 and figures.saves * 5 <= modifying, (figures.saves, modifying)
     # Each object's handler ran once. (Before, under load, kopf often ran it twice: its annotation patch
     # after the handler made it wait for that write's watch event, and past its consistency timeout it
     # handled the older body, which had no diff base yet, as a creation again.)

@@ -320,8 +320,8 @@ def test_an_unchanged_policy_sends_nothing_and_keeps_devices_connected(broker: M
         car.close()
 
 
-def test_a_thousand_clients_and_roles_are_created_in_batches(broker: Mosquitto) -> None:
-    count = 1000
+def bulk_accounts(count: int) -> tuple[list[DesiredClient], list[DesiredRole]]:
+    """`count` clients `bulk-<i>` (password `bulk-password-<i:04>`), each granted its own role."""
     roles = [
         DesiredRole(f"mqop:bulk/{i}", (Acl("publishClientSend", f"bulk/{i}/#", 1, True),))
         for i in range(count)
@@ -332,6 +332,12 @@ def test_a_thousand_clients_and_roles_are_created_in_batches(broker: Mosquitto) 
         )
         for i in range(count)
     ]
+    return clients, roles
+
+
+def test_a_thousand_clients_and_roles_are_created_in_batches(broker: Mosquitto) -> None:
+    count = 1000
+    clients, roles = bulk_accounts(count)
 
     async def scenario() -> None:
         async with admin(broker, batch_size=100) as client:

@@ -118,6 +118,8 @@ class TestMosquittoConf:
         plugins = [line for line in lines if line.startswith("plugin ")]
         assert plugins == ["plugin /usr/lib/mqtt_operator_stamp.so"]
         assert "plugin_opt_access allow" in lines
+        # Nothing to batch without dynamic security.
+        assert not [line for line in lines if line.startswith("plugin_opt_dynsec")]
 
     def test_our_plugin_loads_before_dynamic_security_with_default_options(self) -> None:
         # First, so that its login and ACL callbacks see every client before dynamic security answers.
@@ -135,6 +137,7 @@ class TestMosquittoConf:
             "plugin_opt_share_state /mosquitto/data/mqtt-operator-shares.json",
             "plugin_opt_share_wait 60",
             "plugin_opt_share_exempt mqtt-operator-exporter",
+            "plugin_opt_dynsec_batch_saves on",
             "plugin /usr/lib/mosquitto_dynamic_security.so",
             "plugin_opt_config_file /mosquitto/data/dynamic-security.json",
         ]
