@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from e2e.helpers import (
+    MQKC,
     example_connector_with_car,
     kafka_key_counts,
     pod,
@@ -21,6 +22,7 @@ from e2e.helpers import (
     restart_count,
 )
 from e2e.traffic import NumberedPublisher, Tally
+from localnode.system import OPERATOR_NAMESPACE, RELEASE
 from mqtt_operator.api.instance import MqttInstanceSpec
 from testenv.cluster import Namespace, wait_for
 
@@ -204,3 +206,79 @@ def test_partitions_of_60_s_from_kafka_and_from_the_broker_lose_nothing(
     # At-least-once: after each cut the workers may get again what they held unacknowledged (Receive
     # Maximum 1000 each) and what Kafka stored before a timed-out acknowledgement.
     assert tally.duplicates <= len(rounds) * len(workers) * 2 * 1000
+
+
+def _operator_pod(cluster: Any) -> dict[str, Any]:
+    found = cluster.kubectl(
+        "get", "pods", "-n", OPERATOR_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json"
+    )
+    (operator,) = json.loads(found.stdout)["items"]
+    return operator  # type: ignore[no-any-return]
+
+
+def _workers_settled(ns: Namespace, replicas: int) -> bool:
+    sts = ns.get("statefulset", WORKERS) or {}
+    status = sts.get("status") or {}
+    return bool(
+        (sts.get("spec") or {}).get("replicas") == replicas
+        and status.get("readyReplicas") == replicas
+        and status.get("updatedReplicas") == replicas
+        and status.get("currentRevision") == status.get("updateRevision")
+    )
+
+
+@pytest.mark.node_only("kills the operator's container through the runtime")
+def test_a_config_change_rolls_the_workers_and_an_operator_killed_mid_scale_down_leaves_no_share(
+    cluster: Any, namespace: Namespace
+) -> None:
+    """Under steady traffic: the connector's config changed (its workers roll one by one) and scaled to 3;
+    then scaled to 1 with the operator SIGKILLed right after, while it has the surplus workers retire
+    (unsubscribe, drain, end their sessions) before the StatefulSet shrinks. A share left behind on an
+    offline session would swallow the messages routed to it; none is lost."""
+    ns = namespace.namespace
+    _, publisher = _car_through_the_example(namespace)
+    steps: list[str] = []
+    try:
+        wait_for("traffic flowing", lambda: len(publisher.acked) >= 500, timeout=60)
+        namespace.patch(
+            MQKC,
+            CONNECTOR,
+            {
+                "spec": {
+                    "replicas": 3,
+                    "mqttToKafka": {"ordered": False, "headers": {"userProperties": False}},
+                }
+            },
+        )
+        wait_for("three workers on the new config", lambda: _workers_settled(namespace, 3), timeout=240)
+        steps.append(f"rolled and scaled to 3 at {len(publisher.acked)} acknowledged")
+        time.sleep(10)
+        operator = _operator_pod(cluster)
+        restarts = restart_count(operator, operator["spec"]["containers"][0]["name"])
+        namespace.cp.kubectl("scale", "-n", ns, f"{MQKC}/{CONNECTOR}", "--replicas", "1")
+        time.sleep(1)  # the operator has begun: it asks the surplus workers to retire
+        cluster.kill_container(
+            OPERATOR_NAMESPACE, operator["metadata"]["name"], operator["spec"]["containers"][0]["name"]
+        )
+        wait_for(
+            "the operator restarted",
+            lambda: (
+                restart_count(_operator_pod(cluster), operator["spec"]["containers"][0]["name"]) > restarts
+            ),
+            timeout=120,
+        )
+        wait_for("one worker", lambda: _workers_settled(namespace, 1), timeout=240)
+        steps.append(f"scaled to 1 across the operator's restart at {len(publisher.acked)} acknowledged")
+        time.sleep(20)  # traffic on the one worker left
+    finally:
+        publisher.stop()
+
+    tally = _settled(cluster, publisher)
+    print(
+        tally.line("config change rolling the workers, scale 1 -> 3 -> 1 with the operator killed")
+        + f"; {steps}"
+    )
+    assert tally.lost == [], f"lost: {tally.lost[:20]}"
+    assert not publisher.unrouted
+    # At-least-once: each worker stopped (3 rolled, 2 retired) may hand back what it held unacknowledged.
+    assert tally.duplicates <= 5 * 1000
