@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import socket
 import struct
 import time
@@ -352,9 +353,22 @@ def test_events_can_be_turned_off_or_moved() -> None:
         b.stop()
 
 
-def test_a_bad_option_stops_the_broker_from_starting() -> None:
-    b = Mosquitto(config=f"allow_anonymous true\nplugin {stamp_plugin()}\nplugin_opt_fields clientid,bogus\n")
-    with pytest.raises(StartError, match="unknown field 'bogus'"):
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("plugin_opt_fields clientid,bogus", "unknown field 'bogus'"),
+        ("plugin_opt_share_wait 1m", "plugin_opt_share_wait takes whole seconds from 0 to 86400, not '1m'"),
+        ("plugin_opt_share_wait 86401", "plugin_opt_share_wait takes whole seconds"),
+        (
+            "plugin_opt_share_state shares.json",
+            "plugin_opt_share_state takes an absolute path, not 'shares.json'",
+        ),
+        ("plugin_opt_dynsec_batch_saves yes", "plugin_opt_dynsec_batch_saves takes on or off, not 'yes'"),
+    ],
+)
+def test_a_bad_option_stops_the_broker_from_starting(option: str, message: str) -> None:
+    b = Mosquitto(config=f"allow_anonymous true\nplugin {stamp_plugin()}\n{option}\n")
+    with pytest.raises(StartError, match=re.escape(message)):
         b.start()
     b.stop()
 
