@@ -444,6 +444,7 @@ def device_event_payloads(draw: st.DrawFn) -> bytes:
     payload=b'{"event":"connect","clientId":"c","timestampMs":' + b"9" * 30 + b"}",
 )
 @example(plugin=True, topic=PLUGIN_TOPIC, payload=b'{"event":"connect","clientId":"\\ud800","timestampMs":1}')
+@example(plugin=True, topic=PLUGIN_TOPIC, payload=b'{"event":"connect","clientId":"c","timestampMs":false}')
 @example(plugin=False, topic=LOG_TOPIC, payload=b"999999999999999999999999: Client c disconnected.")
 @example(plugin=False, topic=LOG_TOPIC, payload=b"9" * 5000 + b": Client c disconnected.")
 def test_device_events_answer_a_record_or_a_skip(plugin: bool, topic: str, payload: bytes) -> None:

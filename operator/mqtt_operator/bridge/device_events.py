@@ -166,7 +166,8 @@ def parse_plugin_event(payload: bytes) -> DeviceEvent | None:
     if not isinstance(body, dict) or body.get("event") not in ("connect", "disconnect"):
         return None
     client_id, ts = body.get("clientId"), body.get("timestampMs")
-    if not isinstance(client_id, str) or not isinstance(ts, int) or not 0 <= ts <= MAX_TIMESTAMP_MS:
+    # bool is an int to Python: `"timestampMs": false` is no time.
+    if not isinstance(client_id, str) or type(ts) is not int or not 0 <= ts <= MAX_TIMESTAMP_MS:
         return None
     if not client_id.isascii():
         try:
