@@ -425,12 +425,13 @@ static void subscribed(struct mosquitto *conn, const char *filter, uint8_t qos)
 	ssize_t at;
 
 	if(rec == NULL || rec->conn != conn) return;
-	if(shares_is_shared(filter)){
-		shares_renewed(filter, rec->id);
-		if(!rec->clean_start && sub_index(rec, filter) < 0) shares_changed();
-	}
 	unrevoke(rec, filter);
 	at = sub_index(rec, filter);
+	if(shares_is_shared(filter)){
+		shares_renewed(filter, rec->id);
+		/* A new shared subscription of a session that outlives its connection changes the record. */
+		if(!rec->clean_start && at < 0) shares_changed();
+	}
 	if(at >= 0){
 		rec->subs[at].qos = qos;
 		return;

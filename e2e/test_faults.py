@@ -165,6 +165,18 @@ def test_the_broker_stopped_and_killed_with_a_backlog_queued_for_workers_cut_off
     assert tally.duplicates <= backlog + 2 * len(workers) * 1000
 
 
+def _none_lost(
+    cluster: Any, publisher: NumberedPublisher, scenario: str, detail: str, *, max_duplicates: int
+) -> None:
+    """Once the publisher stopped: the tally printed, every acknowledged number in Kafka, none of them
+    acknowledged as "no matching subscribers", duplicates within `max_duplicates`."""
+    tally = _settled(cluster, publisher)
+    print(f"{tally.line(scenario)}; {detail}")
+    assert tally.lost == [], f"lost: {tally.lost[:20]}"
+    assert not publisher.unrouted
+    assert tally.duplicates <= max_duplicates
+
+
 def _broker_addresses(ns: Namespace) -> list[str]:
     """The broker's Pod and its Service: all a worker talks to the broker through."""
     return [pod(ns, "devices-0")["status"]["podIP"], _service_ip(ns, ns.namespace, "devices")]
@@ -196,16 +208,15 @@ def test_partitions_of_60_s_from_kafka_and_from_the_broker_lose_nothing(
     finally:
         publisher.stop()
 
-    tally = _settled(cluster, publisher)
-    print(
-        tally.line("workers partitioned 60 s from Kafka, then 60 s from the broker")
-        + f"; acknowledged during each cut: {rounds}; publisher reconnects {publisher.reconnects}"
-    )
-    assert tally.lost == [], f"lost: {tally.lost[:20]}"
-    assert not publisher.unrouted
     # At-least-once: after each cut the workers may get again what they held unacknowledged (Receive
     # Maximum 1000 each) and what Kafka stored before a timed-out acknowledgement.
-    assert tally.duplicates <= len(rounds) * len(workers) * 2 * 1000
+    _none_lost(
+        cluster,
+        publisher,
+        "workers partitioned 60 s from Kafka, then 60 s from the broker",
+        f"acknowledged during each cut: {rounds}; publisher reconnects {publisher.reconnects}",
+        max_duplicates=len(rounds) * len(workers) * 2 * 1000,
+    )
 
 
 def _operator_pod(cluster: Any) -> dict[str, Any]:
@@ -273,12 +284,11 @@ def test_a_config_change_rolls_the_workers_and_an_operator_killed_mid_scale_down
     finally:
         publisher.stop()
 
-    tally = _settled(cluster, publisher)
-    print(
-        tally.line("config change rolling the workers, scale 1 -> 3 -> 1 with the operator killed")
-        + f"; {steps}"
-    )
-    assert tally.lost == [], f"lost: {tally.lost[:20]}"
-    assert not publisher.unrouted
     # At-least-once: each worker stopped (3 rolled, 2 retired) may hand back what it held unacknowledged.
-    assert tally.duplicates <= 5 * 1000
+    _none_lost(
+        cluster,
+        publisher,
+        "config change rolling the workers, scale 1 -> 3 -> 1 with the operator killed",
+        f"{steps}",
+        max_duplicates=5 * 1000,
+    )
