@@ -218,7 +218,14 @@ def test_trigger_builds_its_workers_and_a_real_worker_calls_the_function_and_rep
     wait_for("invoked and succeeded in status", lambda: counters(stack).get("succeeded") == 1, timeout=45)
     shown = counters(stack)
     assert shown["invoked"] == 1 and shown["failed"] == 0 and shown["retried"] == 0
-    reach = stack.wait_condition(MQFT, NAME, "True", "Reachable", type_="FunctionReachable", timeout=30)
+    # Until a reconcile has scraped the worker the operator probes the function itself ("no worker
+    # reports yet"); the recheck (every 30 s) brings what the worker reports.
+    def reach_reported() -> dict[str, Any] | None:
+        cond = stack.condition(MQFT, NAME, "FunctionReachable")
+        return cond if cond and "worker(s) reach" in cond["message"] else None
+
+    reach = wait_for("FunctionReachable from the worker's report", reach_reported, timeout=45)
+    assert reach["status"] == "True" and reach["reason"] == "Reachable"
     assert "1 of 1 worker(s)" in reach["message"]
 
     # A message the function refuses (400) fails for good: dead-lettered, counted, and an Event says so.
