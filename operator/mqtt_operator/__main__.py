@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from mqtt_operator import __version__, logs
 from mqtt_operator.settings import (
+    OBJECT_WORKERS,
     OperatorSettings,
     parse_broker_addresses,
     parse_worker_metrics_addresses,
@@ -59,6 +60,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often each broker is compared in full with the declared users and policies, "
         "and each connector's objects and connections are checked again",
+    )
+    run.add_argument(
+        "--object-workers",
+        type=int,
+        default=OBJECT_WORKERS,
+        metavar="N",
+        help="how many objects are handled at once; the operator's memory grows with it "
+        f"(default {OBJECT_WORKERS})",
     )
     run.add_argument(
         "--worker-image",
@@ -145,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             broker_addresses=parse_broker_addresses([*env_addresses, *args.broker_address]),
             broker_addresses_file=args.broker_addresses_file,
             drift_period_seconds=args.drift_period,
+            object_workers=args.object_workers,
             worker_image=args.worker_image,
             broker_image=args.broker_image,
             exporter_image=args.exporter_image,

@@ -9,6 +9,9 @@ from typing import Literal
 
 from mqtt_operator import __version__
 
+# The default of --object-workers: measured with bench/bench_access.py (docs/helm.md).
+OBJECT_WORKERS = 256
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -30,6 +33,8 @@ class OperatorSettings:
     broker_addresses_file: str | None = None
     # How often every broker is compared in full with the declared users and policies.
     drift_period_seconds: float = 30.0
+    # How many objects are handled at once (kopf's worker limit); the others wait their turn.
+    object_workers: int = OBJECT_WORKERS
     # The image of the bridge workers: the operator's own (one image, `mqtt-operator bridge`).
     worker_image: str = f"mqtt-operator:{__version__}"
     # The broker image of every MqttInstance that names none (spec.image): a mirror, or the image
@@ -52,6 +57,8 @@ class OperatorSettings:
             raise ValueError("say which namespaces to watch: --namespace NS (repeatable) or --all-namespaces")
         if self.drift_period_seconds <= 0:
             raise ValueError("--drift-period must be positive")
+        if self.object_workers < 1:
+            raise ValueError("--object-workers must be at least 1")
 
     @classmethod
     def default_namespaces(cls) -> tuple[str, ...]:

@@ -374,6 +374,7 @@ def test_crds_keep_sets_the_keep_annotation(helm_env: dict[str, str], keep: bool
         ("monitoring.serviceMonitor.enable=true", "enable"),
         ("monitoring.podMonitor.interval=30", "interval"),
         ("monitoring.grafanaDashboard.enable=true", "enable"),
+        ("objectWorkers=0", "objectWorkers"),
     ],
 )
 def test_values_schema_rejects_typos(helm_env: dict[str, str], setting: str, named: str) -> None:
@@ -553,6 +554,8 @@ def test_namespaced_by_default(helm_env: dict[str, str]) -> None:
         "8080",
         "--drift-period",
         "30",
+        "--object-workers",
+        "256",
     ]
     assert role_namespaces(manifests) == [RELEASE_NAMESPACE]
     assert [b["metadata"]["namespace"] for b in of_kind(manifests, "RoleBinding")] == [RELEASE_NAMESPACE] * 2
@@ -575,6 +578,8 @@ def test_watch_namespaces_get_a_role_and_a_flag_each(helm_env: dict[str, str]) -
         "8080",
         "--drift-period",
         "30",
+        "--object-workers",
+        "256",
     ]
     assert role_namespaces(manifests) == ["team-a", "team-b"]
     # The leader-election lease stays in the release namespace, which is not watched here.
@@ -592,6 +597,8 @@ def test_cluster_wide_uses_a_cluster_role(helm_env: dict[str, str]) -> None:
         "8080",
         "--drift-period",
         "30",
+        "--object-workers",
+        "256",
     ]
     assert role_namespaces(manifests) == []
     names = sorted(r["metadata"]["name"] for r in of_kind(manifests, "ClusterRole"))
@@ -614,7 +621,7 @@ def test_knative_services_are_only_read(helm_env: dict[str, str], values: list[s
     assert knative == [{"apiGroups": ["serving.knative.dev"], "resources": ["services"], "verbs": ["get"]}]
 
 
-def test_broker_image_and_drift_period_reach_the_operator(helm_env: dict[str, str]) -> None:
+def test_broker_image_drift_period_and_object_workers_reach_the_operator(helm_env: dict[str, str]) -> None:
     manifests = rendered(
         helm_env,
         "--set",
@@ -623,9 +630,12 @@ def test_broker_image_and_drift_period_reach_the_operator(helm_env: dict[str, st
         "exporterImage=mirror.example/mosquitto-exporter:0.8.0",
         "--set",
         "driftPeriodSeconds=5",
+        "--set",
+        "objectWorkers=64",
     )
     args = operator_args(manifests)
     assert args[args.index("--drift-period") + 1] == "5"
+    assert args[args.index("--object-workers") + 1] == "64"
     container = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MQTT_OPERATOR_BROKER_IMAGE"] == "mirror.example/mosquitto:2.0.21"

@@ -81,3 +81,19 @@ def test_operator_images_fill_only_what_the_spec_leaves_empty() -> None:
     kept = with_operator_images(own, "m/mosquitto:2", "m/exp:1")
     assert (kept.image, kept.monitoring.exporter.image) == ("b:1", "e:1")
     assert with_operator_images(plain, None, None) == plain
+
+
+def test_object_workers_bound_what_kopf_handles_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    import kopf
+
+    from mqtt_operator.handlers.handled import HandledMemory
+    from mqtt_operator.runner import configure_kopf
+    from mqtt_operator.settings import OBJECT_WORKERS
+
+    settings = kopf.OperatorSettings()
+    assert parser().parse_args(["run"]).object_workers == OBJECT_WORKERS
+    flagged = parser().parse_args(["run", "--object-workers", "64"]).object_workers
+    configure_kopf(settings, OperatorSettings(namespaces=("a",), object_workers=flagged), HandledMemory())
+    assert settings.queueing.worker_limit == 64
+    assert main(["run", "-n", "a", "--object-workers", "0"]) == 2
+    assert "--object-workers must be at least 1" in capsys.readouterr().err
