@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from localnode import system
 from localnode.node import Node, leftovers
+from localnode.release import Release, import_images
 from testenv.paths import tool
 from testenv.process import free_port, port_open
 
@@ -115,6 +116,27 @@ class NodeTarget:
         status = next(s for s in found["status"]["containerStatuses"] if s["name"] == container)
         container_id = status["containerID"].removeprefix("containerd://")
         self.node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
+
+    def install_operator(self, release: Release | None = None) -> None:
+        """`helm upgrade` of the operator to `release` (its chart and images: localnode/release.py), or to
+        the working tree's chart and images, the session's own."""
+        if release is None:
+            system.install_operator(self.node, drift_period=DRIFT_PERIOD, action="upgrade")
+            return
+        import_images(self.node, release)
+        system.install_operator(
+            self.node,
+            drift_period=DRIFT_PERIOD,
+            chart=release.chart,
+            operator_ref=release.operator_ref,
+            broker_ref=release.broker_ref,
+            action="upgrade",
+        )
+
+    def restart_node(self) -> None:
+        """The kubelet, containerd and every container SIGKILLed, then the runtime started again
+        (localnode's restart_runtime): what a node's crash and reboot do to its Pods."""
+        self.node.restart_runtime()
 
     @contextmanager
     def partition(self, namespace: str, pod: str, addresses: list[str]) -> Iterator[None]:

@@ -15,47 +15,32 @@ import pytest
 
 from e2e.helpers import (
     MQKC,
-    example_connector_with_car,
-    kafka_key_counts,
     pod,
     pod_ready,
     restart_count,
 )
-from e2e.traffic import NumberedPublisher, Tally
+from e2e.traffic import (
+    CONNECTOR,
+    WORKERS,
+    car_through_the_example,
+    none_lost,
+    ready_workers,
+    service_ip,
+    settled,
+)
 from localnode.system import OPERATOR_NAMESPACE, RELEASE
 from mqtt_operator.api.instance import MqttInstanceSpec
 from testenv.cluster import Namespace, wait_for
 
-CONNECTOR = "vehicle-state-to-kafka"
-WORKERS = f"{CONNECTOR}-bridge"
-TOPIC = "vehicle-state"  # the example's Kafka topic
 AUTOSAVE_S = MqttInstanceSpec().persistence.autosave_seconds  # the example keeps the default
-
-
-def _service_ip(ns: Namespace, namespace: str, name: str) -> str:
-    found = json.loads(ns.cp.kubectl("get", "service", "-n", namespace, name, "-o", "json").stdout)
-    ip: str = found["spec"]["clusterIP"]
-    return ip
 
 
 def _kafka_addresses(ns: Namespace) -> list[str]:
     """Kafka's Pod (what it advertises) and its bootstrap Service: all a worker talks to Kafka through."""
     return [
         pod(Namespace(ns.cp, "kafka"), "kafka-0")["status"]["podIP"],
-        _service_ip(ns, "kafka", "kafka-bootstrap"),
+        service_ip(ns, "kafka", "kafka-bootstrap"),
     ]
-
-
-def _ready_workers(ns: Namespace) -> list[str]:
-    """The worker Pods once all are ready (one with the example's `ordered: true`)."""
-
-    def ready() -> int:
-        sts = ns.get("statefulset", WORKERS) or {}
-        wanted = (sts.get("spec") or {}).get("replicas") or 0
-        return wanted if wanted and (sts.get("status") or {}).get("readyReplicas") == wanted else 0
-
-    replicas = wait_for("every worker ready", ready, timeout=180)
-    return [f"{WORKERS}-{i}" for i in range(replicas)]
 
 
 def _broker_back(ns: Namespace, before: dict[str, Any]) -> None:
@@ -71,33 +56,6 @@ def _broker_back(ns: Namespace, before: dict[str, Any]) -> None:
     )
 
 
-def _car_through_the_example(namespace: Namespace) -> tuple[list[str], NumberedPublisher]:
-    """examples/kafkaconnector.yaml with its car account, the workers ready, and the car publishing numbered
-    messages through the broker's Service."""
-    example_connector_with_car(namespace, "car-1")
-    workers = _ready_workers(namespace)
-    broker = _service_ip(namespace, namespace.namespace, "devices")
-    publisher = NumberedPublisher(
-        lambda: (broker, 1883), "car-1", namespace.secret("car-1-credentials"), "vehicles/car-1/state"
-    )
-    publisher.start()
-    return workers, publisher
-
-
-def _settled(cluster: Any, publisher: NumberedPublisher, timeout: float = 240) -> Tally:
-    """The tally once every acknowledged number is in Kafka, or nothing new arrived for 45 s."""
-    deadline, last, quiet_since = time.monotonic() + timeout, -1, time.monotonic()
-    while True:
-        tally = Tally.of(
-            publisher, kafka_key_counts(cluster.kafka_bootstrap(), TOPIC, publisher.prefix + "-")
-        )
-        if not tally.lost or time.monotonic() > deadline or time.monotonic() - quiet_since > 45:
-            return tally
-        if tally.delivered != last:
-            last, quiet_since = tally.delivered, time.monotonic()
-        time.sleep(3)
-
-
 @pytest.mark.node_only("cuts a Pod's network with iptables in its network namespace")
 def test_the_broker_stopped_and_killed_with_a_backlog_queued_for_workers_cut_off_from_kafka(
     cluster: Any, namespace: Namespace
@@ -109,7 +67,7 @@ def test_the_broker_stopped_and_killed_with_a_backlog_queued_for_workers_cut_off
     car out until the worker has subscribed again (Mosquitto does not restore shared subscriptions, and
     would acknowledge the car's messages with "no matching subscribers" and drop them meanwhile)."""
     ns = namespace.namespace
-    workers, publisher = _car_through_the_example(namespace)
+    workers, publisher = car_through_the_example(namespace)
     # (how the broker was stopped, when that began, when it was done, when its Pod was Ready again)
     stops: list[tuple[str, float, float, float]] = []
     backlog = 0  # acknowledged while the workers were cut off: what the broker held at its restarts
@@ -136,7 +94,7 @@ def test_the_broker_stopped_and_killed_with_a_backlog_queued_for_workers_cut_off
     finally:
         publisher.stop()
 
-    tally = _settled(cluster, publisher)
+    tally = settled(cluster, publisher)
     ((_, kill_began, killed_at, _),) = [stop for stop in stops if stop[0] == "sigkill"]
     lost = set(tally.lost)
     # The SIGKILL: what the broker accepted after its last save (at most AUTOSAVE_S before the kill).
@@ -165,21 +123,9 @@ def test_the_broker_stopped_and_killed_with_a_backlog_queued_for_workers_cut_off
     assert tally.duplicates <= backlog + 2 * len(workers) * 1000
 
 
-def _none_lost(
-    cluster: Any, publisher: NumberedPublisher, scenario: str, detail: str, *, max_duplicates: int
-) -> None:
-    """Once the publisher stopped: the tally printed, every acknowledged number in Kafka, none of them
-    acknowledged as "no matching subscribers", duplicates within `max_duplicates`."""
-    tally = _settled(cluster, publisher)
-    print(f"{tally.line(scenario)}; {detail}")
-    assert tally.lost == [], f"lost: {tally.lost[:20]}"
-    assert not publisher.unrouted
-    assert tally.duplicates <= max_duplicates
-
-
 def _broker_addresses(ns: Namespace) -> list[str]:
     """The broker's Pod and its Service: all a worker talks to the broker through."""
-    return [pod(ns, "devices-0")["status"]["podIP"], _service_ip(ns, ns.namespace, "devices")]
+    return [pod(ns, "devices-0")["status"]["podIP"], service_ip(ns, ns.namespace, "devices")]
 
 
 @pytest.mark.node_only("cuts a Pod's network with iptables in its network namespace")
@@ -190,7 +136,7 @@ def test_partitions_of_60_s_from_kafka_and_from_the_broker_lose_nothing(
     as partitions (packets dropped, the far side up, connections hanging until their timeouts). Nothing
     the broker acknowledged is lost; duplicates are bounded by what the workers held unacknowledged."""
     ns = namespace.namespace
-    workers, publisher = _car_through_the_example(namespace)
+    workers, publisher = car_through_the_example(namespace)
     rounds: list[tuple[str, int]] = []  # (cut from, acknowledged during the cut)
     try:
         wait_for("traffic flowing", lambda: len(publisher.acked) >= 500, timeout=60)
@@ -210,7 +156,7 @@ def test_partitions_of_60_s_from_kafka_and_from_the_broker_lose_nothing(
 
     # At-least-once: after each cut the workers may get again what they held unacknowledged (Receive
     # Maximum 1000 each) and what Kafka stored before a timed-out acknowledgement.
-    _none_lost(
+    none_lost(
         cluster,
         publisher,
         "workers partitioned 60 s from Kafka, then 60 s from the broker",
@@ -247,7 +193,7 @@ def test_a_config_change_rolls_the_workers_and_an_operator_killed_mid_scale_down
     (unsubscribe, drain, end their sessions) before the StatefulSet shrinks. A share left behind on an
     offline session would swallow the messages routed to it; none is lost."""
     ns = namespace.namespace
-    _, publisher = _car_through_the_example(namespace)
+    _, publisher = car_through_the_example(namespace)
     steps: list[str] = []
     try:
         wait_for("traffic flowing", lambda: len(publisher.acked) >= 500, timeout=60)
@@ -285,10 +231,76 @@ def test_a_config_change_rolls_the_workers_and_an_operator_killed_mid_scale_down
         publisher.stop()
 
     # At-least-once: each worker stopped (3 rolled, 2 retired) may hand back what it held unacknowledged.
-    _none_lost(
+    none_lost(
         cluster,
         publisher,
         "config change rolling the workers, scale 1 -> 3 -> 1 with the operator killed",
         f"{steps}",
         max_duplicates=5 * 1000,
     )
+
+
+# Where the Pods the node restart must bring back run: the system's, the operator's, Kafka's and
+# RocketMQ's (other tests' namespaces may still be going away).
+SYSTEM_NAMESPACES = ("kube-system", "local-path-storage", OPERATOR_NAMESPACE, "kafka", "rocketmq")
+
+
+def _ready_pods(cluster: Any, namespace: str) -> dict[tuple[str, str], int]:
+    """Every Ready Pod of the system namespaces and `namespace`, with its containers' restarts summed."""
+    found = [
+        item
+        for ns in (*SYSTEM_NAMESPACES, namespace)
+        for item in json.loads(cluster.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
+    ]
+    return {
+        (p["metadata"]["namespace"], p["metadata"]["name"]): sum(
+            int(s["restartCount"]) for s in p["status"].get("containerStatuses") or []
+        )
+        for p in found
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
+    }
+
+
+@pytest.mark.node_only("stops and starts the node's kubelet and containerd")
+def test_the_node_restarted_under_traffic_every_pod_back_nothing_lost_beyond_the_autosave(
+    cluster: Any, namespace: Namespace
+) -> None:
+    """The node's kubelet, containerd and every container SIGKILLed at once (a crash: the broker cannot
+    save, Kafka and the operator die too), then the runtime started again. Every Pod that was Ready comes
+    back Ready, restarted in place; what the broker acknowledged is in Kafka except at most what it had
+    accepted in its last autosave interval; nothing is "no matching subscribers" after the restart."""
+    _, publisher = car_through_the_example(namespace)
+    try:
+        wait_for("traffic flowing", lambda: len(publisher.acked) >= 500, timeout=60)
+        before = _ready_pods(cluster, namespace.namespace)
+        acked_before = len(publisher.acked)
+        began = time.monotonic()
+        cluster.restart_node()
+        runtime_back = time.monotonic()
+
+        def every_pod_back() -> bool:
+            now = _ready_pods(cluster, namespace.namespace)
+            return all(key in now and now[key] > restarts for key, restarts in before.items())
+
+        wait_for("every Pod Ready again, restarted", every_pod_back, timeout=300)
+        all_back = time.monotonic()
+        ready_workers(namespace)
+        time.sleep(20)  # traffic through the restarted node
+    finally:
+        publisher.stop()
+
+    tally = settled(cluster, publisher)
+    lost = set(tally.lost)
+    unsaved = {n for n in lost if began - AUTOSAVE_S - 1 <= publisher.acked[n] <= began + 1}
+    print(
+        tally.line(f"node restarted (kubelet, containerd, {len(before)} Pods SIGKILLed)")
+        + f"; runtime back after {runtime_back - began:.1f} s, "
+        f"every Pod Ready after {all_back - began:.1f} s; "
+        f"acknowledged before: {acked_before}; lost unsaved by the broker: {len(unsaved)}; "
+        f"unrouted: {len(lost & publisher.unrouted)}; publisher reconnects {publisher.reconnects}"
+    )
+    assert sorted(lost - unsaved) == [], f"lost beyond the autosave window: {sorted(lost - unsaved)[:20]}"
+    assert not publisher.unrouted, f"accepted with no subscriber: {sorted(publisher.unrouted)[:20]}"
+    # At-least-once: what the broker had delivered since its last save comes again, and what the worker
+    # held unacknowledged.
+    assert tally.duplicates <= len(publisher.acked) - acked_before + 2 * 1000

@@ -5,7 +5,8 @@ notes when the broker acknowledged each one. Through a broker restart it reconne
 unacknowledged number again (as a device's client does), so every number the broker acknowledged is a
 message the system owes the sink. `Tally` compares that with the records in Kafka
 (`helpers.kafka_key_counts` with the prefix `<prefix>-`): every number
-present, how many arrived twice, and which were lost.
+present, how many arrived twice, and which were lost. `car_through_the_example` sets that traffic up
+through examples/kafkaconnector.yaml; `none_lost` is the closing tally of a scenario.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from e2e.helpers import example_connector_with_car, kafka_key_counts
+from testenv.cluster import Namespace, wait_for
 
 NO_MATCHING_SUBSCRIBERS = 0x10
 
@@ -136,3 +141,67 @@ class Tally:
             f"{scenario}: {self.acked} acknowledged by the broker, {self.delivered} in Kafka, "
             f"{len(self.lost)} lost, {self.duplicates} duplicates"
         )
+
+
+# -- the example connector under numbered traffic, shared by the fault and upgrade tests
+
+CONNECTOR = "vehicle-state-to-kafka"
+WORKERS = f"{CONNECTOR}-bridge"
+TOPIC = "vehicle-state"  # the example's Kafka topic
+
+
+def service_ip(ns: Namespace, namespace: str, name: str) -> str:
+    found = json.loads(ns.cp.kubectl("get", "service", "-n", namespace, name, "-o", "json").stdout)
+    ip: str = found["spec"]["clusterIP"]
+    return ip
+
+
+def ready_workers(ns: Namespace) -> list[str]:
+    """The worker Pods once all are ready (one with the example's `ordered: true`)."""
+
+    def ready() -> int:
+        sts = ns.get("statefulset", WORKERS) or {}
+        wanted = (sts.get("spec") or {}).get("replicas") or 0
+        return wanted if wanted and (sts.get("status") or {}).get("readyReplicas") == wanted else 0
+
+    replicas = wait_for("every worker ready", ready, timeout=180)
+    return [f"{WORKERS}-{i}" for i in range(replicas)]
+
+
+def car_through_the_example(namespace: Namespace) -> tuple[list[str], NumberedPublisher]:
+    """examples/kafkaconnector.yaml with its car account, the workers ready, and the car publishing numbered
+    messages through the broker's Service."""
+    example_connector_with_car(namespace, "car-1")
+    workers = ready_workers(namespace)
+    broker = service_ip(namespace, namespace.namespace, "devices")
+    publisher = NumberedPublisher(
+        lambda: (broker, 1883), "car-1", namespace.secret("car-1-credentials"), "vehicles/car-1/state"
+    )
+    publisher.start()
+    return workers, publisher
+
+
+def settled(cluster: Any, publisher: NumberedPublisher, timeout: float = 240) -> Tally:
+    """The tally once every acknowledged number is in Kafka, or nothing new arrived for 45 s."""
+    deadline, last, quiet_since = time.monotonic() + timeout, -1, time.monotonic()
+    while True:
+        tally = Tally.of(
+            publisher, kafka_key_counts(cluster.kafka_bootstrap(), TOPIC, publisher.prefix + "-")
+        )
+        if not tally.lost or time.monotonic() > deadline or time.monotonic() - quiet_since > 45:
+            return tally
+        if tally.delivered != last:
+            last, quiet_since = tally.delivered, time.monotonic()
+        time.sleep(3)
+
+
+def none_lost(
+    cluster: Any, publisher: NumberedPublisher, scenario: str, detail: str, *, max_duplicates: int
+) -> None:
+    """Once the publisher stopped: the tally printed, every acknowledged number in Kafka, none of them
+    acknowledged as "no matching subscribers", duplicates within `max_duplicates`."""
+    tally = settled(cluster, publisher)
+    print(f"{tally.line(scenario)}; {detail}")
+    assert tally.lost == [], f"lost: {tally.lost[:20]}"
+    assert not publisher.unrouted
+    assert tally.duplicates <= max_duplicates

@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -166,13 +167,7 @@ class Node:
         (self.root / OWNER_FILE).write_text(str(os.getpid()))
         self._namespaces()
         by_name = {c.name: c for c in components(self.layout, self.addresses, certs)}
-        self._server(by_name["containerd"])
-        self._wait(
-            "containerd",
-            lambda: self.ctr("version", check=False, timeout=10).returncode == 0,
-            60,
-            "answering",
-        )
+        self._start_containerd(by_name["containerd"])
         self._clear_containers()
         self._import(built)
         t = self._step("containerd and images", t)
@@ -281,6 +276,15 @@ class Node:
                 if parent_has and (top / key).exists() and not (top / key).read_text().strip():
                     (top / key).write_text((hierarchy / key).read_text())
 
+    def _start_containerd(self, component: Component) -> None:
+        self._server(component)
+        self._wait(
+            "containerd",
+            lambda: self.ctr("version", check=False, timeout=10).returncode == 0,
+            60,
+            "answering",
+        )
+
     def _server(self, component: Component) -> None:
         server = Server(
             component.name, self.enter(*component.argv), self.layout.logs / f"{component.name}.log"
@@ -341,6 +345,50 @@ class Node:
             self.addresses.kubernetes_service_ip
         )
 
+    # -- restart of the runtime
+
+    def restart_runtime(self) -> None:
+        """The node's runtime as a crash and reboot leave it: the kubelet, containerd, every shim and every
+        container SIGKILLed at once (nothing saves, nothing stops cleanly), then containerd and the kubelet
+        started again, which find every Pod's sandbox dead and start the Pods anew. The control plane
+        (etcd, the API server, the controllers) and kube-proxy keep running, as they would on the other
+        machines of a cluster."""
+        assert self.holder is not None, "the node is not started"
+        runtime = ("kubelet", "containerd")
+        for name in runtime:
+            self.servers[name].kill()
+        keep = {self.holder.pid} | {
+            server.proc.pid
+            for name, server in self.servers.items()
+            if name not in runtime and server.proc is not None
+        }
+        deadline = time.monotonic() + 30
+        node_pids = _mount_namespace_pids(self.holder.pid)
+        while pids := {p for p in node_pids | _cgroup_pids() if not _kept(p, keep)}:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the node's runtime still has processes after SIGKILL: {sorted(pids)}")
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+            node_pids = _mount_namespace_pids(self.holder.pid)
+        for name in runtime:
+            self.servers[name].stop(timeout=5)
+        by_name = {c.name: c for c in components(self.layout, self.addresses, pki.ensure(self.addresses))}
+        self._start_containerd(by_name["containerd"])
+        restarted = datetime.now(UTC)
+        self._server(by_name["kubelet"])
+        # The Node stays Ready in the API while its kubelet is briefly gone (the grace period is 40 s):
+        # only a lease renewed after this start says the new kubelet is up.
+        self._wait("kubelet", lambda: self._lease_renewed_since(restarted), 120, "renewing its lease")
+
+    def _lease_renewed_since(self, when: datetime) -> bool:
+        proc = self.kubectl("get", "lease", "-n", "kube-node-lease", NODE_NAME, "-o", "json", check=False)
+        if proc.returncode != 0:
+            return False
+        renewed = json.loads(proc.stdout)["spec"].get("renewTime")
+        return bool(renewed) and datetime.fromisoformat(renewed.replace("Z", "+00:00")) > when
+
     # -- stop
 
     def stop(self) -> None:
@@ -397,6 +445,14 @@ def _mount_namespace_pids(holder: int) -> set[int]:
     if ns is None:
         return set()
     return {int(p.name) for p in Path("/proc").glob("[0-9]*") if _namespace(p.name, "mnt") == ns}
+
+
+def _kept(pid: int, servers: set[int]) -> bool:
+    """`pid` is one of `servers` or runs in a server's process group (kube-proxy's iptables-restore)."""
+    try:
+        return pid in servers or os.getpgid(pid) in servers
+    except ProcessLookupError:
+        return True  # gone already
 
 
 def _kill_node(holder: int) -> None:

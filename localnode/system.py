@@ -39,15 +39,24 @@ def helm(node: Node, *args: str, timeout: float = 600) -> subprocess.CompletedPr
     return proc
 
 
-def install_operator(node: Node, drift_period: float = 30) -> None:
-    """`helm install` of the chart with the images built here, cluster-wide (every test namespace)."""
+def install_operator(
+    node: Node,
+    drift_period: float = 30,
+    *,
+    chart: Path = CHART,
+    operator_ref: str | None = None,
+    broker_ref: str | None = None,
+    action: str = "install",
+) -> None:
+    """`helm install` (or `upgrade`) of the chart, cluster-wide (every test namespace), with the images
+    built here unless other refs are given (an earlier release's: localnode/release.py)."""
     built = images()
-    repository, tag = _split(built["mqtt-operator"]["ref"])
+    repository, tag = _split(operator_ref or built["mqtt-operator"]["ref"])
     helm(
         node,
-        "install",
+        action,
         RELEASE,
-        str(CHART),
+        str(chart),
         "--namespace",
         OPERATOR_NAMESPACE,
         "--create-namespace",
@@ -61,7 +70,7 @@ def install_operator(node: Node, drift_period: float = 30) -> None:
         "--set",
         "rbac.clusterWide=true",
         "--set",
-        f"brokerImage={built['mosquitto']['ref']}",
+        f"brokerImage={broker_ref or built['mosquitto']['ref']}",
         "--set",
         f"driftPeriodSeconds={drift_period}",
         "--wait",
