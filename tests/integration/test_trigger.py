@@ -218,6 +218,7 @@ def test_trigger_builds_its_workers_and_a_real_worker_calls_the_function_and_rep
     wait_for("invoked and succeeded in status", lambda: counters(stack).get("succeeded") == 1, timeout=45)
     shown = counters(stack)
     assert shown["invoked"] == 1 and shown["failed"] == 0 and shown["retried"] == 0
+
     # Until a reconcile has scraped the worker the operator probes the function itself ("no worker
     # reports yet"); the recheck (every 30 s) brings what the worker reports.
     def reach_reported() -> dict[str, Any] | None:
