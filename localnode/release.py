@@ -91,26 +91,26 @@ def build(commit: str) -> Release:
                 f"building the images of {sha[:12]} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
             )
         built = json.loads((testenv / "images" / "images.json").read_text())
-        current = images()
-        refs = {}
+        recorded = {}
         for name in IMAGES:
-            if built[name]["inputs"] == current[name]["inputs"]:
-                # Built from the same inputs as the working tree's: the same image, as a release that
-                # did not change it keeps its tag.
-                refs[name] = current[name]["ref"]
-                continue
             ref = f"{built[name]['ref']}-{sha[:7]}"
             _retagged(Path(built[name]["archive"]), ref, home / f"{name}.tar")
-            refs[name] = ref
+            recorded[name] = {"ref": ref, "inputs": built[name]["inputs"]}
         shutil.rmtree(testenv / "images")  # the archives as built; the retagged copies are kept
-        done.write_text(json.dumps({"commit": sha, "refs": refs}, indent=2))
-    recorded = json.loads(done.read_text())
-    return Release(sha, home / "source" / "charts" / "mqtt-operator", recorded["refs"])
+        done.write_text(json.dumps({"commit": sha, "images": recorded}, indent=2))
+    current = images()
+    refs = {}
+    for name, image in json.loads(done.read_text())["images"].items():
+        # Built from the same inputs as the working tree's: the same image, under the working tree's
+        # tag, as a release that did not change an image keeps its tag.
+        same = image["inputs"] == current[name]["inputs"]
+        refs[name] = current[name]["ref"] if same else image["ref"]
+    return Release(sha, home / "source" / "charts" / "mqtt-operator", refs)
 
 
 def import_images(node: Node, release: Release) -> None:
     """The release's images into the node's containerd, under their own tags."""
     present = set(node.ctr("images", "list", "--quiet").stdout.split())
     for name, ref in release.refs.items():
-        if ref not in present and (RELEASES / release.commit / f"{name}.tar").exists():
+        if ref not in present and ref.endswith(f"-{release.commit[:7]}"):
             node.ctr("images", "import", str(RELEASES / release.commit / f"{name}.tar"), timeout=600)
