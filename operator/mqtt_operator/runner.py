@@ -38,9 +38,9 @@ def configure_kopf(
     settings.peering.clusterwide = operator.all_namespaces
     settings.networking.error_backoffs = (1, 2, 4, 8, 16, 30)
     settings.execution.max_workers = 8
-    # How many objects are handled at once. Unbounded, 2,000 objects applied together meant 2,000
-    # handlers each holding its own TLS connection to the API server (kopf's client pools without a
-    # limit): the operator's memory grew with the batch, not with what it keeps (docs/helm.md).
+    # How many objects are handled at once. Unbounded, 2,000 objects applied together were 2,000
+    # handlers in flight, each with its bodies and state, and the heap kept the peak: 232 MiB against
+    # 156 MiB with 256 at once (docs/helm.md, "Memory and objectWorkers").
     settings.queueing.worker_limit = operator.object_workers
     # Handlers retry with backoff through TemporaryError; this bounds unexpected exceptions too.
     settings.execution.default_backoff = 10
