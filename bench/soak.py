@@ -78,7 +78,8 @@ class RatePublisher(threading.Thread):
         self.client.loop_start()
 
     def _disconnected(self) -> None:
-        self.disconnects += 1
+        if not self._stopping.is_set():  # not the publisher's own disconnect at the end
+            self.disconnects += 1
 
     def _reap(self) -> None:
         while self._pending and self._pending[0][1].is_published():
