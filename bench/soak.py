@@ -19,7 +19,6 @@ import argparse
 import collections
 import json
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -32,13 +31,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from e2e.helpers import example_connector_with_car
+from e2e.helpers import example_connector_with_car, kafka_key_counts
 
 from bench.common import record
 from localnode import system
 from localnode.node import Node, leftovers
 from testenv.cluster import Namespace, restricted_namespace, wait_for
-from testenv.paths import tool
 
 NAMESPACE = "soak"
 CAR = "car-1"
@@ -110,11 +108,7 @@ class RatePublisher(threading.Thread):
 def container_rss_mib(node: Node, namespace: str, pod: str, container: str) -> float:
     """The summed VmRSS of every process in the container's memory cgroup (the node shares this
     machine's PID namespace, so containerd's task PID is ours)."""
-    found = json.loads(node.kubectl("get", "pod", "-n", namespace, pod, "-o", "json").stdout)
-    status = next(s for s in found["status"]["containerStatuses"] if s["name"] == container)
-    container_id = status["containerID"].removeprefix("containerd://")
-    tasks = node.ctr("tasks", "ls").stdout.splitlines()
-    pid = next(line.split()[1] for line in tasks if line.startswith(container_id))
+    pid = node.task_pid(namespace, pod, container)
     memory = next(
         line.split(":", 2)[2]
         for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
@@ -126,17 +120,6 @@ def container_rss_mib(node: Node, namespace: str, pod: str, container: str) -> f
             if line.startswith("VmRSS:"):
                 total_kib += int(line.split()[1])
     return total_kib / 1024
-
-
-def kafka_counts(bootstrap: str, prefix: str) -> collections.Counter[str]:
-    proc = subprocess.run(
-        [tool("kcat"), "-b", bootstrap, "-C", "-t", TOPIC, "-o", "beginning", "-e", "-f", "%k\n", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=True,
-    )
-    return collections.Counter(line for line in proc.stdout.splitlines() if line.startswith(prefix))
 
 
 def operator_pod(node: Node) -> tuple[str, str]:
@@ -205,7 +188,7 @@ def soak(node: Node, minutes: float, rate: float) -> int:
     bootstrap = f"{system.pod_ip(node, 'kafka', 'kafka-0')}:9092"
     deadline = time.monotonic() + 300
     while True:
-        counts = kafka_counts(bootstrap, publisher.prefix + "-")
+        counts = kafka_key_counts(bootstrap, TOPIC, publisher.prefix + "-", timeout=900)
         lost = [n for n in publisher.acked if not counts[f"{publisher.prefix}-{n}"]]
         if not lost or time.monotonic() > deadline:
             break

@@ -109,13 +109,13 @@ def wait_ready_instance(ns: Namespace, name: str = "devices", timeout: float = 9
     return wait_for(f"Pod {name}-0 Ready", lambda: pod_ready(ns, f"{name}-0"), timeout)
 
 
-def kafka_key_counts(bootstrap: str, topic: str, prefix: str) -> Counter[str]:
+def kafka_key_counts(bootstrap: str, topic: str, prefix: str, timeout: float = 120) -> Counter[str]:
     """How many records of the Kafka topic so far have each key starting with `prefix` (kcat)."""
     proc = subprocess.run(
         [tool("kcat"), "-b", bootstrap, "-C", "-t", topic, "-o", "beginning", "-e", "-f", "%k\n", "-q"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     return Counter(line for line in proc.stdout.splitlines() if line.startswith(prefix))
 

@@ -143,11 +143,7 @@ class NodeTarget:
         """Every packet from the Pod to `addresses` dropped, as a network partition does (not a stopped
         process: the far side stays up, connections hang until their timeouts). The rules live in the
         Pod's own network namespace, so they go with the Pod even if the test stops half-way."""
-        found = json.loads(self.kubectl("get", "pod", "-n", namespace, pod, "-o", "json").stdout)
-        container_id = found["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
-        tasks = self.node.ctr("tasks", "ls").stdout.splitlines()
-        pid = next(line.split()[1] for line in tasks if line.startswith(container_id))
-        # The node has no PID namespace of its own: the task's PID is this machine's.
+        pid = self.node.task_pid(namespace, pod)
         iptables = ["nsenter", f"--target={pid}", "--net", "--", "iptables", "-w"]
         rules = [["OUTPUT", "-d", address, "-j", "DROP"] for address in addresses]
         for rule in rules:

@@ -124,6 +124,16 @@ class Node:
             "ctr", "--address", address, "--namespace", "k8s.io", *args, check=check, timeout=timeout
         )
 
+    def task_pid(self, namespace: str, pod: str, container: str | None = None) -> int:
+        """The PID of a Pod's container (its first when `container` is None) as this machine sees it:
+        the node has no PID namespace of its own."""
+        found = json.loads(self.kubectl("get", "pod", "-n", namespace, pod, "-o", "json").stdout)
+        statuses = found["status"]["containerStatuses"]
+        status = next(s for s in statuses if container in (None, s["name"]))
+        container_id = status["containerID"].removeprefix("containerd://")
+        tasks = self.ctr("tasks", "ls").stdout.splitlines()
+        return int(next(line.split()[1] for line in tasks if line.startswith(container_id)))
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
