@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from mqtt_operator.bridge import mqtt5
-from mqtt_operator.bridge.records import KafkaRecord, Message, MqttPublish, Properties
+from mqtt_operator.bridge.records import NO_STAMPS, KafkaRecord, Message, MqttPublish, Properties
 
 RECEIVED: Final = 1714567890.123
 
@@ -222,18 +222,37 @@ def topic_levels(parents: tuple[str, ...] = ()) -> st.SearchStrategy[str]:
     )
 
 
+def incoming(
+    topic: str,
+    payload: bytes,
+    props: Properties | None = None,
+    *,
+    qos: int = 1,
+    retain: bool = False,
+    dup: bool = False,
+    packet_id: int = 1,
+    at: float = RECEIVED,
+) -> Message:
+    """A message as the MQTT codec hands it over: the broker's stamps (`mqtt-operator/...` user
+    properties) taken out of `props` into `Message.stamps` (`mqtt5.split_stamps`)."""
+    stamps = NO_STAMPS
+    if props is not None:
+        props, stamps = mqtt5.split_stamps(props)
+    return Message(topic, payload, qos, retain, dup, packet_id, props, at, stamps=stamps)
+
+
 @st.composite
 def messages(draw: st.DrawFn, parents: tuple[str, ...] = ()) -> Message:
     qos = draw(st.integers(0, 2))
-    return Message(
+    return incoming(
         draw(sometimes_huge(topic_levels(parents))),
         draw(payloads),
-        qos,
-        draw(st.booleans()),
-        draw(st.booleans()),
-        draw(st.integers(1, 0xFFFF)) if qos else 0,
         draw(properties()),
-        draw(st.sampled_from([RECEIVED, 0.0])),
+        qos=qos,
+        retain=draw(st.booleans()),
+        dup=draw(st.booleans()),
+        packet_id=draw(st.integers(1, 0xFFFF)) if qos else 0,
+        at=draw(st.sampled_from([RECEIVED, 0.0])),
     )
 
 
@@ -370,7 +389,10 @@ def check_publishable(pub: Any) -> MqttPublish:
     [got], _, used = mqtt5.decode_stream(wire, RECEIVED)
     assert used == len(wire)
     assert (got.topic, got.payload, got.qos, got.retain) == (topic, payload, qos, retain)
-    assert (got.props.user_properties if got.props else []) == sent.user_properties
+    # The codec takes the broker's stamps apart (a downlink may carry names under the prefix too).
+    rest, stamps = mqtt5.split_stamps(sent)
+    assert (got.props.user_properties if got.props else []) == (rest.user_properties if rest else [])
+    assert got.stamps == stamps
     return pub
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from tests.unit.bridge_inputs import incoming
 
 from mqtt_operator.bridge.config import MqttToFunction, RetryPolicy
 from mqtt_operator.bridge.function_events import (
@@ -53,7 +54,7 @@ def message(
         props = Properties(
             content_type=content_type, user_properties=user_properties or [], correlation_data=correlation
         )
-    return Message(topic, payload, 1, False, False, 7, props, RECEIVED)
+    return incoming(topic, payload, props, packet_id=7, at=RECEIVED)
 
 
 def events(s: MqttToFunction, *msgs: Message) -> list[FunctionEvent]:

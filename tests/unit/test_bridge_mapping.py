@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from tests.unit.bridge_inputs import incoming
 
 from mqtt_operator.bridge.config import KafkaToMqtt, MqttToKafka
 from mqtt_operator.bridge.kafka_mapping import (
@@ -29,7 +30,7 @@ def msg(
     payload: bytes = b'{"plate": "B-XY 123"}',
     props: Properties | None = None,
 ) -> Message:
-    return Message(topic, payload, 1, False, False, 42, props, received=1700000000.123)
+    return incoming(topic, payload, props, packet_id=42, at=1700000000.123)
 
 
 def record(result: object) -> KafkaRecord:

@@ -44,6 +44,7 @@ from tests.unit.bridge_inputs import (
     check_publishable,
     check_reason,
     envelope_payload,
+    incoming,
     json_values,
     kafka_record_size,
     key_specs,
@@ -61,6 +62,7 @@ from mqtt_operator.bridge.config import DeviceEvents, MqttToFunction, MqttToKafk
 from mqtt_operator.bridge.device_events import LOG_TOPIC, DeviceEventMapping
 from mqtt_operator.bridge.function_events import Encoder, FunctionEvent, ReplyTemplate, ToEvent
 from mqtt_operator.bridge.kafka_mapping import Uplink, uplink_dead_letter
+from mqtt_operator.bridge.message_fields import stamp_properties
 from mqtt_operator.bridge.mqtt_client import MqttConnection
 from mqtt_operator.bridge.mqtt_dead_letter import dead_letter_publish
 from mqtt_operator.bridge.records import KafkaRecord, Message, Properties, Reject, Skip
@@ -143,15 +145,15 @@ MESSAGE_ID_NEGATIVE = Properties(
 # Kafka's timestamp; a message id whose "UUIDv7 time" int(..., 16) reads as negative.
 @example(
     spec=MqttToKafka(topic_filters=("#",), share_group="g", kafka_topic="t"),
-    msg=Message("cars/1", b"x", 1, False, False, 1, RECEIVED_AT_SUPERSCRIPT, RECEIVED),
+    msg=incoming("cars/1", b"x", RECEIVED_AT_SUPERSCRIPT),
 )
 @example(
     spec=MqttToKafka(topic_filters=("#",), share_group="g", kafka_topic="t"),
-    msg=Message("cars/1", b"x", 1, False, False, 1, RECEIVED_AT_HUGE, RECEIVED),
+    msg=incoming("cars/1", b"x", RECEIVED_AT_HUGE),
 )
 @example(
     spec=MqttToKafka(topic_filters=("#",), share_group="g", kafka_topic="t"),
-    msg=Message("cars/1", b"x", 1, False, False, 1, MESSAGE_ID_NEGATIVE, RECEIVED),
+    msg=incoming("cars/1", b"x", MESSAGE_ID_NEGATIVE),
 )
 def test_uplink_answers_a_well_formed_record_a_skip_or_a_reject(spec: MqttToKafka, msg: Message) -> None:
     result = Uplink(spec, message_id_prefix="p")(msg)
@@ -196,16 +198,17 @@ def test_uplink_answers_a_well_formed_record_a_skip_or_a_reject(spec: MqttToKafk
         headers.setdefault(name, raw)  # the system headers come first; a user property may reuse a name
     if spec.system_headers:
         assert headers["mqtt.topic"] == msg.topic.encode() and headers["mqtt.qos"] == b"%d" % msg.qos
-    if msg.props is not None and spec.user_property_headers:
-        # Every user property is a header, in order (the broker's stamps once, as system headers).
-        stamped = any(name in STAMPS for name, _ in msg.props.user_properties)
-        wanted = [
-            (name, value.encode())
-            for name, value in msg.props.user_properties
-            if not (spec.system_headers and stamped and name.startswith("mqtt-operator/"))
-        ]
+    if spec.user_property_headers:
+        # Every user property is a header, in order. The broker's stamps travel once: as system
+        # headers, or without them as the user properties they came as.
+        own = msg.props.user_properties if msg.props is not None else []
+        wanted = [(name, value.encode()) for name, value in own]
+        if not spec.system_headers:
+            wanted += [(name, value.encode()) for name, value in stamp_properties(msg.stamps)]
         rest = iter(rec.headers)
         assert all(item in rest for item in wanted)
+    if spec.system_headers:
+        assert not any(name in STAMPS for name, _ in rec.headers)
 
 
 @SETTINGS
@@ -308,18 +311,7 @@ def _json_equal(payload: bytes, data: Any) -> None:
     spec=MqttToFunction.model_validate(
         {"topicFilters": ["#"], "shareGroup": "g", "function": {"url": "http://fn/"}, "eventSource": "/s"}
     ),
-    msgs=[
-        Message(
-            "a/b",
-            b"x",
-            1,
-            False,
-            False,
-            1,
-            Properties(user_properties=[("mqtt-operator/messageId", "ü 1")]),
-            RECEIVED,
-        )
-    ],
+    msgs=[incoming("a/b", b"x", Properties(user_properties=[("mqtt-operator/messageId", "ü 1")]))],
 )
 def test_function_events_encode_to_valid_headers_and_bodies_that_carry_the_payload(
     spec: MqttToFunction, msgs: list[Message]

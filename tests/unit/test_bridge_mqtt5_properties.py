@@ -30,6 +30,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_operator.bridge import mqtt5
 from mqtt_operator.bridge.mqtt_client import MqttConnection
+from mqtt_operator.bridge.records import (
+    NO_STAMPS,
+    STAMP_CLIENT_ADDRESS,
+    STAMP_CLIENT_ID,
+    STAMP_MESSAGE_ID,
+    STAMP_RECEIVED_AT,
+)
 
 RECEIVED = 1234.5
 
@@ -94,6 +101,21 @@ u32 = st.integers(0, 0xFFFF_FFFF)
 flag = st.integers(0, 1)
 user_properties = st.lists(st.tuples(text, text), min_size=1, max_size=5)
 
+# A PUBLISH's user properties also carry the broker plugin's stamps: after the publisher's own, in the
+# plugin's order (what the codec reads without the general decoding), or anywhere, repeated, as a
+# publisher may send them where no plugin removes them.
+STAMP_NAMES = (STAMP_CLIENT_ID, STAMP_CLIENT_ADDRESS, STAMP_MESSAGE_ID, STAMP_RECEIVED_AT)
+plugin_stamps = st.lists(st.booleans(), min_size=4, max_size=4).flatmap(
+    lambda on: st.tuples(
+        *[st.tuples(st.just(name), text) for name, wanted in zip(STAMP_NAMES, on, strict=True) if wanted]
+    )
+)
+only_stamps = plugin_stamps.filter(bool).map(list)
+stamped_user_properties = (
+    st.tuples(st.lists(st.tuples(text, text), max_size=2), plugin_stamps).map(lambda t: [*t[0], *t[1]])
+    | st.lists(st.tuples(st.sampled_from(STAMP_NAMES) | text, text), min_size=1, max_size=6)
+).filter(bool)
+
 PUBLISH_PROPS = {
     "PayloadFormatIndicator": flag,
     "MessageExpiryInterval": u32,
@@ -102,7 +124,7 @@ PUBLISH_PROPS = {
     "CorrelationData": binary,
     "SubscriptionIdentifier": st.lists(st.integers(1, 268_435_455), min_size=1, max_size=3),
     "TopicAlias": st.integers(1, 0xFFFF),
-    "UserProperty": user_properties,
+    "UserProperty": user_properties | stamped_user_properties,
 }
 CONNACK_PROPS = {
     "SessionExpiryInterval": u32,
@@ -192,11 +214,13 @@ def publishes(draw: st.DrawFn, payload: st.SearchStrategy[bytes] = payloads) -> 
     retain = draw(st.booleans())
     dup = draw(st.booleans())
     packet_id = draw(st.integers(1, 0xFFFF)) if qos else 0
-    values = draw(props_of(PUBLISH_PROPS))
+    # Also what most messages through the plugin carry: its stamps and nothing else.
+    values = draw(props_of(PUBLISH_PROPS) | st.fixed_dictionaries({"UserProperty": only_stamps}))
     props = paho_props(PacketTypes.PUBLISH, values) if values or draw(st.booleans()) else None
     PAHO._send_publish(packet_id, topic.encode(), body, qos, retain, dup, None, props)
-    expected = (topic, body, qos, retain, dup, packet_id, our_props(values) if values else None)
-    return PAHO.take(), expected
+    # The codec takes the stamps apart from the publisher's own properties.
+    ours, stamps = mqtt5.split_stamps(our_props(values)) if values else (None, NO_STAMPS)
+    return PAHO.take(), (topic, body, qos, retain, dup, packet_id, ours, stamps)
 
 
 @st.composite
@@ -275,7 +299,7 @@ packets = st.lists(publishes() | controls, min_size=1, max_size=8)
 
 
 def fields(msg: mqtt5.Message) -> tuple[Any, ...]:
-    return (msg.topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.packet_id, msg.props)
+    return (msg.topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.packet_id, msg.props, msg.stamps)
 
 
 def split(stream: bytes, cuts: list[int]) -> Iterator[bytes]:

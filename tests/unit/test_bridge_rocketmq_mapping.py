@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+from tests.unit.bridge_inputs import incoming
 
 from mqtt_operator.bridge.config import MqttToRocketMQ, RocketMQToMqtt
 from mqtt_operator.bridge.records import Message, MqttPublish, Properties, Reject
@@ -46,7 +47,7 @@ def mqtt(
     **props: Any,
 ) -> Message:
     properties = Properties(user_properties=user or [], **props) if (user or props) else None
-    return Message(topic, payload, 1, False, False, 12, properties, 1714567890.5)
+    return incoming(topic, payload, properties, packet_id=12, at=1714567890.5)
 
 
 def record(result: RocketMQRecord | Reject) -> RocketMQRecord:

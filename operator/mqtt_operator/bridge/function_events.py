@@ -41,7 +41,7 @@ from urllib.parse import quote
 import msgspec
 
 from mqtt_operator.bridge.config import MqttToFunction
-from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, publisher_client_id, stamps
+from mqtt_operator.bridge.message_fields import all_user_properties, invalid_mqtt_topic, publisher_client_id
 from mqtt_operator.bridge.records import Message, Reject
 
 SPEC_VERSION: Final = "1.0"
@@ -108,10 +108,10 @@ class ToEvent:
     def __call__(self, msg: Message) -> FunctionEvent | Reject:
         if msg.malformed is not None:
             return Reject(msg.malformed)
-        stamped = stamps(msg)
+        stamped = msg.stamps
         client_id = (
-            publisher_client_id(msg, self.level, self.property_name, stamped)
-            if self.level is not None or msg.props is not None
+            publisher_client_id(msg, self.level, self.property_name)
+            if self.level is not None or msg.props is not None or stamped.client_id is not None
             else None
         )
         # The broker's id when it stamps one: a redelivered message is the same event (same ce-id), as
@@ -299,11 +299,11 @@ class Encoder:
             "payloadEncoding": encoding,
         }
         props = msg.props
-        if props is not None:
-            if props.content_type is not None:
-                out["contentType"] = props.content_type
-            if props.user_properties:
-                out["userProperties"] = dict(props.user_properties)
+        if props is not None and props.content_type is not None:
+            out["contentType"] = props.content_type
+        user_properties = all_user_properties(msg)
+        if user_properties:
+            out["userProperties"] = dict(user_properties)
         out["qos"] = msg.qos
         out["retain"] = msg.retain
         out["ts"] = int((msg.received or time.time()) * 1000)

@@ -26,16 +26,16 @@ import msgspec
 
 from mqtt_operator.bridge.config import KafkaToMqtt, MqttToKafka
 from mqtt_operator.bridge.message_fields import (
-    NO_STAMPS,
     PUBLISHER_ADDRESS,
     PUBLISHER_CLIENT_ID,
-    STAMP_PREFIX,
+    all_user_properties,
     invalid_mqtt_topic,
     json_field,
     mqtt_string_problem,
     parse_json_path,
     publisher_client_id,
-    stamps,
+    stamp_properties,
+    stamp_time_ms,
 )
 from mqtt_operator.bridge.records import Header, KafkaRecord, Message, MqttPublish, Properties, Reject, Skip
 
@@ -100,7 +100,7 @@ class Uplink:
         self._counter = count(1)
 
     def client_id(self, msg: Message) -> str | None:
-        return publisher_client_id(msg, self.client_id_level, self.client_id_property, stamps(msg))
+        return publisher_client_id(msg, self.client_id_level, self.client_id_property)
 
     def __call__(
         self, msg: Message, _qos: tuple[bytes, ...] = _QOS, _bool: tuple[bytes, ...] = _BOOL
@@ -116,10 +116,10 @@ class Uplink:
                 return Skip("parent topic not registered")
 
         props = msg.props
-        stamped = stamps(msg)
+        stamped = msg.stamps
         client_id = (
-            publisher_client_id(msg, self.client_id_level, self.client_id_property, stamped)
-            if (self.client_id_level is not None or props)
+            publisher_client_id(msg, self.client_id_level, self.client_id_property)
+            if (self.client_id_level is not None or props is not None or stamped.client_id is not None)
             else None
         )
 
@@ -135,7 +135,7 @@ class Uplink:
             key = json_field(msg.payload, self.key_path)
 
         # The broker's receive time when it stamps one, else the worker's.
-        ts = stamped.received_at_ms or (int(msg.received * 1000) if msg.received else int(time.time() * 1000))
+        ts = stamp_time_ms(stamped) or (int(msg.received * 1000) if msg.received else int(time.time() * 1000))
         headers: list[Header] = []
         if self.system_headers:
             headers = [
@@ -172,15 +172,10 @@ class Uplink:
                 if props.message_expiry is not None:
                     headers.append((H_MESSAGE_EXPIRY, b"%d" % props.message_expiry))
             if self.user_property_headers:
-                # The stamps are in the system headers already: not twice.
-                skip = STAMP_PREFIX if self.system_headers and stamped is not NO_STAMPS else None
-                headers.extend(
-                    [
-                        (name, value.encode())
-                        for name, value in props.user_properties
-                        if skip is None or not name.startswith(skip)
-                    ]
-                )
+                headers.extend([(name, value.encode()) for name, value in props.user_properties])
+        if self.user_property_headers and not self.system_headers:
+            # Without the system headers, the stamps travel as the user properties they came as.
+            headers.extend([(name, value.encode()) for name, value in stamp_properties(stamped)])
 
         value = envelope(client_id, topic, msg.payload, ts) if self.envelope else msg.payload
         return _new_record(KafkaRecord, (kafka_topic, key, value, headers, ts))
@@ -346,7 +341,7 @@ def uplink_dead_letter(msg: Message, reason: str, topic: str, limit: int) -> Kaf
             headers.append((H_CONTENT_TYPE, msg.props.content_type.encode()))
         if msg.props.correlation_data is not None:
             headers.append((H_CORRELATION_DATA, msg.props.correlation_data))
-        headers.extend([(name, value.encode()) for name, value in msg.props.user_properties])
+    headers.extend([(name, value.encode()) for name, value in all_user_properties(msg)])
     value = _fit(msg.payload, limit, headers, own)
     return KafkaRecord(topic, None, value, headers, int((msg.received or time.time()) * 1000))
 

@@ -6,7 +6,9 @@ Shared by the Kafka (`kafka_mapping.py`), RocketMQ (`rocketmq_mapping.py`) and f
 The broker's stamps: with the project's broker plugin loaded (docs/broker-plugin.md), every message
 carries MQTT 5 user properties under the prefix `mqtt-operator/` that only the broker sets (a
 publisher's own are removed): the publisher's client id and address, a message id that stays the same
-when the message is delivered again, and the broker's receive time.
+when the message is delivered again, and the broker's receive time. The MQTT codec takes them out of
+the publisher's user properties into `Message.stamps` (`records.Stamps`); `all_user_properties` puts
+them back where a message is passed on whole.
 
 The publisher's client id is taken, in this order, from a configured topic level
 (`clientIdTopicLevel`: the broker's ACL decides who may publish under `devices/<id>/...`), from the
@@ -19,11 +21,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import msgspec
 
-from mqtt_operator.bridge.records import Message
+from mqtt_operator.bridge.records import (
+    NO_STAMPS,
+    STAMP_CLIENT_ADDRESS,
+    STAMP_CLIENT_ID,
+    STAMP_MESSAGE_ID,
+    STAMP_RECEIVED_AT,
+    Message,
+    Stamps,
+)
 
 # What Mosquitto refuses in an MQTT string (a topic, a user property's name or value, a content type):
 # control characters, tab and newline too, and Unicode's non-characters (and the surrogates, which UTF-8
@@ -131,55 +141,33 @@ def json_field(payload: bytes, path: Sequence[str | int]) -> bytes | None:
     return _encode_json(node)
 
 
-STAMP_PREFIX: Final = "mqtt-operator/"
-STAMP_CLIENT_ID: Final = "mqtt-operator/clientId"
-STAMP_CLIENT_ADDRESS: Final = "mqtt-operator/clientAddress"
-STAMP_MESSAGE_ID: Final = "mqtt-operator/messageId"
-STAMP_RECEIVED_AT: Final = "mqtt-operator/receivedAt"
 # What the stamps are called in a Kafka header or RocketMQ property (the same name in both).
 PUBLISHER_CLIENT_ID: Final = "mqtt.publisherClientId"
 PUBLISHER_ADDRESS: Final = "mqtt.publisherAddress"
 
 
-class Stamps(NamedTuple):
-    """What the broker stamped on a message (each None when that stamp is off or the plugin absent)."""
-
-    client_id: str | None = None
-    client_address: str | None = None
-    message_id: str | None = None
-    received_at_ms: int | None = None
-
-
-NO_STAMPS: Final = Stamps()
-
-
-def stamps(msg: Message) -> Stamps:
-    props = msg.props
-    if props is None or not props.user_properties:
-        return NO_STAMPS
-    # On every message of the hot path: one pass, no intermediate dict. The last value of a name wins
-    # (the broker's plugin drops whatever a publisher sent under the prefix, so there is one).
-    client_id = address = message_id = received = None
-    for name, value in props.user_properties:
-        if not name.startswith(STAMP_PREFIX):
-            continue
-        if name == STAMP_MESSAGE_ID:
-            message_id = value
-        elif name == STAMP_CLIENT_ID:
-            client_id = value
-        elif name == STAMP_CLIENT_ADDRESS:
-            address = value
-        elif name == STAMP_RECEIVED_AT:
-            received = value
-    if client_id is None and address is None and message_id is None and received is None:
-        return NO_STAMPS
+def stamp_time_ms(stamped: Stamps) -> int | None:
+    """The broker's receive time in epoch milliseconds: its `receivedAt` stamp, else the time in its
+    UUIDv7 message id; None without either."""
+    received = stamped.received_at
     # ASCII digits of a time before the year 10000 (what Kafka's 64-bit timestamp takes): without the
     # plugin a publisher can send any text under the prefix, and "²".isdigit() although int("²") raises.
     if received is not None and received.isascii() and received.isdigit() and len(received) <= 15:
-        received_ms: int | None = int(received)
-    else:
-        received_ms = uuid7_ms(message_id) if message_id is not None else None
-    return Stamps(client_id, address, message_id, received_ms)
+        return int(received)
+    return uuid7_ms(stamped.message_id) if stamped.message_id is not None else None
+
+
+def stamp_properties(stamped: Stamps) -> list[tuple[str, str]]:
+    """The stamps as the user properties the broker sent, in its order."""
+    names = (STAMP_CLIENT_ID, STAMP_CLIENT_ADDRESS, STAMP_MESSAGE_ID, STAMP_RECEIVED_AT)
+    return [(name, value) for name, value in zip(names, stamped, strict=True) if value is not None]
+
+
+def all_user_properties(msg: Message) -> list[tuple[str, str]]:
+    """Every user property the message came with: the publisher's, then the broker's stamps (for what
+    passes a message on whole: dead letters, the function's event body)."""
+    own = msg.props.user_properties if msg.props is not None else []
+    return [*own, *stamp_properties(msg.stamps)] if msg.stamps is not NO_STAMPS else list(own)
 
 
 # Hex digits only: int(..., 16) also takes a sign, "_" and white space ("-fffffff-ffff-7..." was negative).
@@ -194,9 +182,7 @@ def uuid7_ms(text: str) -> int | None:
     return int(text[:8] + text[9:13], 16)
 
 
-def publisher_client_id(
-    msg: Message, topic_level: int | None, property_name: str, stamped: Stamps = NO_STAMPS
-) -> str | None:
+def publisher_client_id(msg: Message, topic_level: int | None, property_name: str) -> str | None:
     """The publisher's client id: the topic level `topic_level` when set, else the broker's stamp, else
     the user property `property_name`; None when unknown (see the module's doc)."""
     if topic_level is not None:
@@ -204,8 +190,8 @@ def publisher_client_id(
         if topic_level < len(levels) and levels[topic_level]:
             return levels[topic_level]
         return None
-    if stamped.client_id is not None:
-        return stamped.client_id
+    if msg.stamps.client_id is not None:
+        return msg.stamps.client_id
     if msg.props is not None:
         for name, value in msg.props.user_properties:
             if name == property_name:

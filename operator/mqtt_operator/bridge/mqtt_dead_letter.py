@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from mqtt_operator.bridge.message_fields import mqtt_safe
+from mqtt_operator.bridge.message_fields import all_user_properties, mqtt_safe
 from mqtt_operator.bridge.metrics import Metrics
 from mqtt_operator.bridge.mqtt_sink import MqttSink
 from mqtt_operator.bridge.pipeline import deliver_with_retry
@@ -44,9 +44,7 @@ def dead_letter_publish(msg: Message, reason: str, topic: str) -> MqttPublish:
         props.content_type = mqtt_safe(content_type) if content_type is not None else None
         props.correlation_data = msg.props.correlation_data
         props.payload_format = msg.props.payload_format
-        user_properties.extend(
-            [(mqtt_safe(name), mqtt_safe(value)) for name, value in msg.props.user_properties]
-        )
+    user_properties.extend([(mqtt_safe(name), mqtt_safe(value)) for name, value in all_user_properties(msg)])
     return MqttPublish(topic, msg.payload, 1, False, user_properties, props)
 
 

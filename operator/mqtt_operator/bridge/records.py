@@ -8,7 +8,7 @@ client, source and sink) or another integration's mapping to name what it handle
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 
 @dataclass(slots=True)
@@ -36,10 +36,47 @@ class Properties:
     other: dict[int, object] = field(default_factory=dict)
 
 
+# The broker plugin's stamps: MQTT 5 user properties under one prefix that only the broker sets.
+STAMP_PREFIX: Final = "mqtt-operator/"
+STAMP_CLIENT_ID: Final = "mqtt-operator/clientId"
+STAMP_CLIENT_ADDRESS: Final = "mqtt-operator/clientAddress"
+STAMP_MESSAGE_ID: Final = "mqtt-operator/messageId"
+STAMP_RECEIVED_AT: Final = "mqtt-operator/receivedAt"
+
+
+class Stamps(NamedTuple):
+    """What the broker's plugin stamped on a message, as it sent it (docs/broker-plugin.md): the
+    `mqtt-operator/...` user properties, each None when that stamp is off or the plugin absent.
+
+    They travel apart from the publisher's own user properties (`Message.props`): the MQTT codec takes
+    them out, so a mapping reads them without going through the property list, and a message that
+    carries nothing but stamps needs no `Properties` at all (the common case on a broker with the plugin).
+    """
+
+    client_id: str | None = None
+    client_address: str | None = None
+    message_id: str | None = None
+    received_at: str | None = None  # epoch milliseconds as text (off by default)
+
+
+NO_STAMPS: Final = Stamps()
+
+
 class Message:
     """One PUBLISH received from the broker."""
 
-    __slots__ = ("dup", "malformed", "packet_id", "payload", "props", "qos", "received", "retain", "topic")
+    __slots__ = (
+        "dup",
+        "malformed",
+        "packet_id",
+        "payload",
+        "props",
+        "qos",
+        "received",
+        "retain",
+        "stamps",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -52,6 +89,7 @@ class Message:
         props: Properties | None,
         received: float = 0.0,
         malformed: str | None = None,
+        stamps: Stamps = NO_STAMPS,
     ) -> None:
         self.topic = topic
         self.payload = payload
@@ -64,6 +102,7 @@ class Message:
         # Why the PUBLISH could not be read (its topic or properties are not MQTT 5), else None: such a
         # message still has its packet id and place in the stream, and every mapping rejects it.
         self.malformed = malformed
+        self.stamps = stamps
 
     def __repr__(self) -> str:
         return f"Message({self.topic!r}, qos={self.qos}, packet_id={self.packet_id}, {len(self.payload)} B)"

@@ -39,16 +39,14 @@ import msgspec
 
 from mqtt_operator.bridge.config import MqttToRocketMQ, RocketMQToMqtt
 from mqtt_operator.bridge.message_fields import (
-    NO_STAMPS,
     PUBLISHER_ADDRESS,
     PUBLISHER_CLIENT_ID,
-    STAMP_PREFIX,
     invalid_mqtt_topic,
     json_field,
     mqtt_string_problem,
     parse_json_path,
     publisher_client_id,
-    stamps,
+    stamp_time_ms,
 )
 from mqtt_operator.bridge.records import Message, MqttPublish, Reject
 
@@ -230,19 +228,18 @@ class ToRocketMQ:
             )
         topic = msg.topic
         mqtt_props = msg.props
-        stamped = stamps(msg)
+        stamped = msg.stamps
         client_id = (
-            publisher_client_id(msg, self.client_id_level, self.client_id_property, stamped)
-            if (self.client_id_level is not None or mqtt_props)
+            publisher_client_id(msg, self.client_id_level, self.client_id_property)
+            if (self.client_id_level is not None or mqtt_props is not None or stamped.client_id is not None)
             else None
         )
         key = self.key(msg, client_id)
         properties: dict[str, str] = {}
         if mqtt_props is not None:
             empty: list[str] = []
+            # The broker's stamps are not among them: they become the worker's own properties below.
             for name, value in mqtt_props.user_properties:
-                if stamped is not NO_STAMPS and name.startswith(STAMP_PREFIX):
-                    continue  # the broker's stamps become the worker's own properties below
                 if not value:
                     empty.append(name)
                     continue
@@ -275,8 +272,9 @@ class ToRocketMQ:
             properties[PUBLISHER_CLIENT_ID] = escape_control(stamped.client_id)
         if stamped.client_address is not None:
             properties[PUBLISHER_ADDRESS] = escape_control(stamped.client_address)
-        if stamped.received_at_ms is not None:
-            properties[P_RECEIVED_AT] = str(stamped.received_at_ms)
+        received_ms = stamp_time_ms(stamped)
+        if received_ms is not None:
+            properties[P_RECEIVED_AT] = str(received_ms)
         if not payload:
             payload = EMPTY_PAYLOAD_BODY
             properties[P_EMPTY_PAYLOAD] = "true"
