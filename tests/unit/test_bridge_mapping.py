@@ -17,7 +17,7 @@ from mqtt_operator.bridge.kafka_mapping import (
     downlink_dead_letter,
     uplink_dead_letter,
 )
-from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, json_field, parse_json_path
+from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, json_field, parse_json_path, uuid7_ms
 from mqtt_operator.bridge.records import KafkaRecord, Message, MqttPublish, Properties, Reject, Skip
 
 
@@ -337,3 +337,26 @@ def test_without_received_at_the_time_comes_from_the_uuid7_message_id() -> None:
     assert json.loads(rec.value)["ts"] == 1700000000000
     not_v7 = Properties(user_properties=[("mqtt-operator/messageId", "018bcfe5-6800-4abc-8def-0123456789ab")])
     assert record(Uplink(spec(kafkaTopic="t"))(msg(props=not_v7))).timestamp_ms == 1700000000123
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        "-fffffff-ffff-7fff-8000-000000000000",  # int(..., 16) takes a sign
+        "+fffffff-ffff-7fff-8000-000000000000",
+        "0fff_fff-ffff-7fff-8000-000000000000",  # and "_"
+        " fffffff-ffff-7fff-8000-000000000000",  # and white space
+        "gfffffff-ffff-7fff-8000-000000000000",  # not hex
+        "٠١٢٣٤٥٦٧-ffff-7fff-8000-000000000000",  # digits, but not ASCII ones
+        "ffffffff-ffff-4fff-8000-000000000000",  # a UUIDv4 holds no time
+        "ffffffff-ffff-7fff-8000-00000000000",  # one character short
+        "ffffffffffffff7fff-8000-000000000000-",  # no dashes where a UUID has them
+    ],
+)
+def test_a_message_id_that_is_no_uuid7_gives_no_time(message_id: str) -> None:
+    assert uuid7_ms(message_id) is None
+
+
+def test_a_uuid7_message_id_gives_its_milliseconds() -> None:
+    assert uuid7_ms("018bcfe5-6800-7abc-8def-0123456789ab") == 1700000000000
+    assert uuid7_ms("FFFFFFFF-FFFF-7FFF-8000-000000000000") == 0xFFFFFFFFFFFF
