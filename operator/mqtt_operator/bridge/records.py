@@ -36,8 +36,8 @@ class Properties:
     other: dict[int, object] = field(default_factory=dict)
 
 
-# The broker plugin's stamps: MQTT 5 user properties under one prefix that only the broker sets.
-STAMP_PREFIX: Final = "mqtt-operator/"
+# The broker plugin's stamps: MQTT 5 user properties under the prefix `mqtt-operator/`, which only the
+# broker sets.
 STAMP_CLIENT_ID: Final = "mqtt-operator/clientId"
 STAMP_CLIENT_ADDRESS: Final = "mqtt-operator/clientAddress"
 STAMP_MESSAGE_ID: Final = "mqtt-operator/messageId"
