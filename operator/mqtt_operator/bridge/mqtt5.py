@@ -296,7 +296,7 @@ def _only_stamps(buf: bytes, pos: int, end: int) -> Stamps | None:
 
     What a device publishes through the plugin usually carries nothing else, and this is every message's
     cost on the worker's hot path: the names are compared where they lie, without a `Properties`, a list
-    or a tuple per property (about half the time of the general decoding, measured in bench_bridge).
+    or a tuple per property (a stamped PUBLISH then decodes in 1.0 µs more than a bare one, against 1.6).
     """
     # Written out four times, not looped: a loop with a list of values costs a third more here.
     client_id = address = message_id = received_at = None
