@@ -80,6 +80,7 @@ def kafka_uplink(config: BridgeConfig, shared: SharedClients, metrics: Metrics) 
         client_id=shared.client_id,
         share_group=spec.share_group,
         topic_filters=spec.topic_filters,
+        coalesce=True,
     )
     uplink: Pipeline[Message, KafkaRecord] = Pipeline(
         UPLINK,

@@ -49,6 +49,7 @@ class MqttConnection(asyncio.Protocol):
         self,
         on_messages: Callable[[MqttConnection, list[Message]], None] | None = None,
         max_unacked: int = 0,
+        refill_at: int | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.on_messages = on_messages
@@ -57,6 +58,11 @@ class MqttConnection(asyncio.Protocol):
         # `max_unacked` unsettled messages; the rest of a socket read waits in `_backlog`, and reading
         # stops (TCP backpressure, the broker keeps the messages) until acknowledgements make room.
         self.max_unacked = max_unacked
+        # Once the window has filled, what waits goes over when no more than `refill_at` messages are
+        # unsettled: by default as soon as there is room. A consumer that pays per batch asks for half
+        # the window: handing over a sliver per settled batch kept an uplink's batches at a third of
+        # their size once they fragmented (docs/bridge.md, "Mosquitto 2.0.11 does not honour ...").
+        self.refill_at = max_unacked - 1 if refill_at is None else refill_at
         self.unacked = 0
         self._backlog: list[Message] = []
         self._throttled = False
@@ -111,6 +117,8 @@ class MqttConnection(asyncio.Protocol):
                 self.on_messages(self, messages)
 
     def _hand_over(self) -> None:
+        if self._throttled and self.unacked > self.refill_at:
+            return  # nothing goes over yet (and reading, which resumes at half the window, waits too)
         room = self.max_unacked - self.unacked
         backlog = self._backlog
         if room > 0 and backlog:
@@ -367,12 +375,16 @@ async def open_connection(
     tls: ssl.SSLContext | None = None,
     on_messages: Callable[[MqttConnection, list[Message]], None] | None = None,
     max_unacked: int = 0,
+    refill_at: int | None = None,
     wait_s: float = 10.0,
 ) -> tuple[MqttConnection, mqtt5.Connack]:
     """Connect and complete the MQTT handshake; raises OSError, MqttError, ConnectionLost or TimeoutError."""
     loop = asyncio.get_running_loop()
     transport, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: MqttConnection(on_messages, max_unacked), host, port, ssl=tls), wait_s
+        loop.create_connection(
+            lambda: MqttConnection(on_messages, max_unacked, refill_at), host, port, ssl=tls
+        ),
+        wait_s,
     )
     try:
         connack = await conn.handshake(

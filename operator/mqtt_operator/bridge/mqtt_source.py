@@ -54,9 +54,14 @@ class MqttSource:
         topic_filters: tuple[str, ...],
         max_batch: int = 5000,
         role: str = "mqtt source",
+        coalesce: bool = False,
     ) -> None:
         """`share_group` None subscribes the filters as they are (for `$SYS` topics, which Mosquitto 2.0
-        does not deliver to shared subscriptions); `role` names it on /readyz."""
+        does not deliver to shared subscriptions); `role` names it on /readyz. `coalesce`: once the
+        receive window has filled, hand over what waits only when half of it is free again, in one piece
+        (for a sink with a cost per batch, a Kafka request; not for calls that should keep every slot
+        busy)."""
+        self.coalesce = coalesce
         self.role = role
         self.endpoint = endpoint
         self.client_id = client_id
@@ -119,6 +124,7 @@ class MqttSource:
                     tls=options["tls"],
                     on_messages=self._on_messages,
                     max_unacked=self.endpoint.receive_maximum,
+                    refill_at=self.endpoint.receive_maximum // 2 if self.coalesce else None,
                 )
             except (OSError, MqttError, ConnectionLost, TimeoutError) as err:
                 attempt += 1

@@ -72,6 +72,7 @@ def rocketmq_routes(config: BridgeConfig, shared: SharedClients, metrics: Metric
             client_id=shared.client_id,
             share_group=up.share_group,
             topic_filters=up.topic_filters,
+            coalesce=True,
         )
         sink = RocketMQSink(endpoint, up.topic, ordered=up.ordered)
         publisher = shared.mqtt_publisher() if up.dead_letter_topic is not None else None
