@@ -109,11 +109,7 @@ class ToEvent:
         if msg.malformed is not None:
             return Reject(msg.malformed)
         stamped = msg.stamps
-        client_id = (
-            publisher_client_id(msg, self.level, self.property_name)
-            if self.level is not None or msg.props is not None or stamped.client_id is not None
-            else None
-        )
+        client_id = publisher_client_id(msg, self.level, self.property_name)
         # The broker's id when it stamps one: a redelivered message is the same event (same ce-id), as
         # the CloudEvents spec asks; without it, an id of this delivery.
         event_id = stamped.message_id or f"{self._prefix}-{next(self._counter):x}"

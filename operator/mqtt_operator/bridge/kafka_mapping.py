@@ -117,11 +117,7 @@ class Uplink:
 
         props = msg.props
         stamped = msg.stamps
-        client_id = (
-            publisher_client_id(msg, self.client_id_level, self.client_id_property)
-            if (self.client_id_level is not None or props is not None or stamped.client_id is not None)
-            else None
-        )
+        client_id = publisher_client_id(msg, self.client_id_level, self.client_id_property)
 
         key_source = self.key_source
         key: bytes | None

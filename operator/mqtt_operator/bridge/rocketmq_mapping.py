@@ -229,11 +229,7 @@ class ToRocketMQ:
         topic = msg.topic
         mqtt_props = msg.props
         stamped = msg.stamps
-        client_id = (
-            publisher_client_id(msg, self.client_id_level, self.client_id_property)
-            if (self.client_id_level is not None or mqtt_props is not None or stamped.client_id is not None)
-            else None
-        )
+        client_id = publisher_client_id(msg, self.client_id_level, self.client_id_property)
         key = self.key(msg, client_id)
         properties: dict[str, str] = {}
         if mqtt_props is not None:
