@@ -10,17 +10,20 @@ RUN apt-get update \
 
 FROM python AS build
 ARG DEBIAN_FRONTEND=noninteractive
+# The compiler and Python's headers build the C PUBLISH reader (operator/mqtt_operator/bridge/_publish.c);
+# only the venv goes on to the image.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3-venv \
+ && apt-get install -y --no-install-recommends python3-venv python3-dev gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml setup.py README.md /src/
 COPY operator /src/operator
 # Behind a TLS-intercepting proxy, pip needs its CA: `--secret id=build-ca,src=<CA bundle>` mounts it
 # for this step only. Without the secret (a plain `docker build .`) pip uses its own CA list.
 RUN --mount=type=secret,id=build-ca,target=/run/secrets/build-ca \
     if [ -s /run/secrets/build-ca ]; then export PIP_CERT=/run/secrets/build-ca; fi \
  && /opt/venv/bin/pip install --no-cache-dir /src \
+ && /opt/venv/bin/python -c 'import mqtt_operator.bridge._publish' \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools
 
 FROM python

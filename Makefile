@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# setup.py builds the C PUBLISH reader in place (an editable install): a change to it rebuilds.
+$(VENV)/.installed: pyproject.toml setup.py operator/mqtt_operator/bridge/_publish.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -159,9 +159,10 @@ plugin_sources() {
 # The files of an image's folder that reach the build; for the operator, what its Dockerfile copies.
 source_files() {
   if [ "$1" = mqtt-operator ]; then
-    (cd "$repo" && { echo Dockerfile; echo .dockerignore; echo pyproject.toml; echo README.md
-      # What .dockerignore leaves out of the context: caches and pip's egg-info of an editable install.
-      find operator -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*'; } | LC_ALL=C sort)
+    (cd "$repo" && { echo Dockerfile; echo .dockerignore; echo pyproject.toml; echo setup.py; echo README.md
+      # What .dockerignore leaves out of the context: caches, pip's egg-info of an editable install and
+      # the C extension it builds in place.
+      find operator -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' ! -name '*.so'; } | LC_ALL=C sort)
   else
     (cd "$dir" && find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort)
   fi

@@ -17,7 +17,8 @@ from mqtt_operator.bridge.kafka_mapping import (
     downlink_dead_letter,
     uplink_dead_letter,
 )
-from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, json_field, parse_json_path, uuid7_ms
+from mqtt_operator.bridge.message_fields import invalid_mqtt_topic, json_field, parse_json_path
+from mqtt_operator.bridge.mqtt5 import uuid7_ms
 from mqtt_operator.bridge.records import KafkaRecord, Message, MqttPublish, Properties, Reject, Skip
 
 

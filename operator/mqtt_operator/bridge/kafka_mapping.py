@@ -35,7 +35,6 @@ from mqtt_operator.bridge.message_fields import (
     parse_json_path,
     publisher_client_id,
     stamp_properties,
-    stamp_time_ms,
 )
 from mqtt_operator.bridge.records import Header, KafkaRecord, Message, MqttPublish, Properties, Reject, Skip
 
@@ -131,7 +130,7 @@ class Uplink:
             key = json_field(msg.payload, self.key_path)
 
         # The broker's receive time when it stamps one, else the worker's.
-        ts = stamp_time_ms(stamped) or (int(msg.received * 1000) if msg.received else int(time.time() * 1000))
+        ts = stamped.time_ms or (int(msg.received * 1000) if msg.received else int(time.time() * 1000))
         headers: list[Header] = []
         if self.system_headers:
             headers = [

@@ -146,21 +146,11 @@ PUBLISHER_CLIENT_ID: Final = "mqtt.publisherClientId"
 PUBLISHER_ADDRESS: Final = "mqtt.publisherAddress"
 
 
-def stamp_time_ms(stamped: Stamps) -> int | None:
-    """The broker's receive time in epoch milliseconds: its `receivedAt` stamp, else the time in its
-    UUIDv7 message id; None without either."""
-    received = stamped.received_at
-    # ASCII digits of a time before the year 10000 (what Kafka's 64-bit timestamp takes): without the
-    # plugin a publisher can send any text under the prefix, and "²".isdigit() although int("²") raises.
-    if received is not None and received.isascii() and received.isdigit() and len(received) <= 15:
-        return int(received)
-    return uuid7_ms(stamped.message_id) if stamped.message_id is not None else None
-
-
 def stamp_properties(stamped: Stamps) -> list[tuple[str, str]]:
     """The stamps as the user properties the broker sent, in its order."""
     names = (STAMP_CLIENT_ID, STAMP_CLIENT_ADDRESS, STAMP_MESSAGE_ID, STAMP_RECEIVED_AT)
-    return [(name, value) for name, value in zip(names, stamped, strict=True) if value is not None]
+    values = (stamped.client_id, stamped.client_address, stamped.message_id, stamped.received_at)
+    return [(name, value) for name, value in zip(names, values, strict=True) if value is not None]
 
 
 def all_user_properties(msg: Message) -> list[tuple[str, str]]:
@@ -168,23 +158,6 @@ def all_user_properties(msg: Message) -> list[tuple[str, str]]:
     passes a message on whole: dead letters, the function's event body)."""
     own = msg.props.user_properties if msg.props is not None else []
     return [*own, *stamp_properties(msg.stamps)] if msg.stamps is not NO_STAMPS else list(own)
-
-
-def uuid7_ms(text: str) -> int | None:
-    """The receive time the broker wrote into its message id (a UUIDv7's first 48 bits are Unix
-    milliseconds), so the time is known without the `receivedAt` stamp (off by default)."""
-    if len(text) != 36 or text[14] != "7" or text[8] != "-" or text[13] != "-":
-        return None
-    digits = text[:8] + text[9:13]
-    # Hex digits only: int(..., 16) also takes a sign, "_" and white space ("-fffffff-ffff-7..." was
-    # negative), which isalnum() rules out; a letter past f still raises. Cheaper than a regex on every
-    # message.
-    if not (digits.isascii() and digits.isalnum()):
-        return None
-    try:
-        return int(digits, 16)
-    except ValueError:
-        return None
 
 
 def publisher_client_id(msg: Message, topic_level: int | None, property_name: str) -> str | None:

@@ -9,6 +9,7 @@ path of the uplink and is written for speed: one pass over a buffer holding many
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -291,6 +292,57 @@ _EMPTY_PROPERTIES: Final = Properties()
 _new_stamps = tuple.__new__
 
 
+# The common PUBLISHes (a UTF-8 topic; no properties, or the stamps alone in the plugin's order) are read
+# in C (`_publish.c`, built with the package): in Python, reading the stamps cost a quarter of the
+# worker's time per message. `decode_stream` reads the rest and decides every error. Without a compiler
+# at install time the package still works, in Python alone (the worker says so when it starts); the image
+# and the dev venv always have it (tests/unit/test_bridge_mqtt5_publish.py).
+_read_publishes: Callable[[bytes, int, float, list[Message]], int] | None
+try:
+    from mqtt_operator.bridge import _publish
+except ImportError:
+    _read_publishes = None
+else:
+    _publish.configure(
+        Message,
+        Stamps,
+        NO_STAMPS,
+        (_HEAD_CLIENT_ID, _HEAD_CLIENT_ADDRESS, _HEAD_MESSAGE_ID, _HEAD_RECEIVED_AT),
+    )
+    _read_publishes = _publish.read_publishes
+
+
+def reads_publishes_in_c() -> bool:
+    """Whether the C PUBLISH reader was built and is in use."""
+    return _read_publishes is not None
+
+
+def stamp_time_ms(received_at: str | None, message_id: str | None) -> int | None:
+    """The broker's receive time in epoch milliseconds: its `receivedAt` stamp, else the time in its
+    UUIDv7 message id; None without either (`Stamps.time_ms`)."""
+    # ASCII digits of a time before the year 10000 (what Kafka's 64-bit timestamp takes): without the
+    # plugin a publisher can send any text under the prefix, and "²".isdigit() although int("²") raises.
+    if received_at is not None and received_at.isascii() and received_at.isdigit() and len(received_at) <= 15:
+        return int(received_at)
+    return uuid7_ms(message_id) if message_id is not None else None
+
+
+def uuid7_ms(text: str) -> int | None:
+    """The receive time the broker wrote into its message id (a UUIDv7's first 48 bits are Unix
+    milliseconds), so the time is known without the `receivedAt` stamp (off by default)."""
+    if len(text) != 36 or text[14] != "7" or text[8] != "-" or text[13] != "-":
+        return None
+    digits = text[:8] + text[9:13]
+    # Hex digits only: int(..., 16) also takes a sign, "_" and white space ("-fffffff-ffff-7..." was
+    # negative), which isalnum() rules out; a letter past f still raises.
+    if not (digits.isascii() and digits.isalnum()):
+        return None
+    try:
+        return int(digits, 16)
+    except ValueError:
+        return None
+
+
 def _only_stamps(buf: bytes, pos: int, end: int) -> Stamps | None:
     """The stamps when they are all a PUBLISH's properties, in the plugin's order; else None.
 
@@ -318,7 +370,9 @@ def _only_stamps(buf: bytes, pos: int, end: int) -> Stamps | None:
         received_at = buf[at + 2 : pos].decode()
     if pos != end:
         return None  # something else is there too (or the lengths run past the properties)
-    return _new_stamps(Stamps, (client_id, address, message_id, received_at))
+    return _new_stamps(
+        Stamps, (client_id, address, message_id, received_at, stamp_time_ms(received_at, message_id))
+    )
 
 
 def split_stamps(props: Properties) -> tuple[Properties | None, Stamps]:
@@ -339,11 +393,14 @@ def split_stamps(props: Properties) -> tuple[Properties | None, Stamps]:
         else:
             kept.append((name, value))
     props = replace(props, user_properties=kept)
+    message_id = found.get(STAMP_MESSAGE_ID)
+    received_at = found.get(STAMP_RECEIVED_AT)
     stamped = Stamps(
         found.get(STAMP_CLIENT_ID),
         found.get(STAMP_CLIENT_ADDRESS),
-        found.get(STAMP_MESSAGE_ID),
-        found.get(STAMP_RECEIVED_AT),
+        message_id,
+        received_at,
+        stamp_time_ms(received_at, message_id),
     )
     return (None if props == _EMPTY_PROPERTIES else props), stamped
 
@@ -543,8 +600,13 @@ def decode_stream(buf: bytes, received: float) -> tuple[list[Message], list[Cont
     pos = 0
     n = len(buf)
     append = messages.append
+    read_publishes = _read_publishes
     try:
         while pos + 2 <= n:
+            if read_publishes is not None:
+                pos = read_publishes(buf, pos, received, messages)
+                if pos + 2 > n:
+                    break
             first = buf[pos]
             # Remaining length: one byte for every packet up to 127 bytes, up to four otherwise.
             length = buf[pos + 1]

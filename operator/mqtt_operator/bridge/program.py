@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mqtt_operator.bridge import mqtt5
 from mqtt_operator.bridge.component import Component
 from mqtt_operator.bridge.config import BridgeConfig
 from mqtt_operator.bridge.integrations import (
@@ -201,6 +202,11 @@ class Bridge:
                 "pipelines": [p.direction for p in self.pipelines],
             },
         )
+        if not mqtt5.reads_publishes_in_c():
+            log.warning(
+                "the C PUBLISH reader was not built with this install: every message is read in Python, "
+                "the uplinks are slower (docs/bridge.md)"
+            )
         for component in self.components:
             await component.start()
         # What exists now (modules, config, clients) lives as long as the process: kept out of every

@@ -57,6 +57,9 @@ class Stamps(NamedTuple):
     client_address: str | None = None
     message_id: str | None = None
     received_at: str | None = None  # epoch milliseconds as text (off by default)
+    # Not a stamp of its own: the broker's receive time in epoch milliseconds, which the codec reads out
+    # of `received_at` or else the UUIDv7 `message_id` (`mqtt5.stamp_time_ms`), once per message.
+    time_ms: int | None = None
 
 
 NO_STAMPS: Final = Stamps()

@@ -46,7 +46,6 @@ from mqtt_operator.bridge.message_fields import (
     mqtt_string_problem,
     parse_json_path,
     publisher_client_id,
-    stamp_time_ms,
 )
 from mqtt_operator.bridge.records import Message, MqttPublish, Reject
 
@@ -268,7 +267,7 @@ class ToRocketMQ:
             properties[PUBLISHER_CLIENT_ID] = escape_control(stamped.client_id)
         if stamped.client_address is not None:
             properties[PUBLISHER_ADDRESS] = escape_control(stamped.client_address)
-        received_ms = stamp_time_ms(stamped)
+        received_ms = stamped.time_ms
         if received_ms is not None:
             properties[P_RECEIVED_AT] = str(received_ms)
         if not payload:
