@@ -81,3 +81,28 @@ def test_coalescing_holds_the_rest_until_half_the_window_is_free_then_hands_it_o
         assert [m.packet_id for b in handed for m in b] == list(range(1, 26))  # in order, none twice
 
     asyncio.run(run())
+
+
+def test_a_socket_read_takes_up_to_a_mebibyte() -> None:
+    # asyncio's selector transport reads `max_size` bytes a time (256 KiB); the connection raises it on
+    # a real loopback connection. A Python whose transport no longer has the attribute fails here
+    # rather than quietly reading in quarters.
+    from asyncio import selector_events
+
+    from mqtt_operator.bridge.mqtt_client import READ_SIZE
+
+    assert selector_events._SelectorSocketTransport.max_size == 256 * 1024
+
+    async def run() -> int:
+        server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _conn = await asyncio.get_running_loop().create_connection(
+            MqttConnection, "127.0.0.1", port
+        )
+        size = transport.max_size  # type: ignore[attr-defined]
+        transport.close()
+        server.close()
+        await server.wait_closed()
+        return int(size)
+
+    assert asyncio.run(run()) == READ_SIZE == 1 << 20
