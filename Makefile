@@ -15,9 +15,11 @@ help: ## List the targets
 
 # setup.py builds the C PUBLISH reader in place (an editable install): a change to it rebuilds.
 $(VENV)/.installed: pyproject.toml setup.py operator/mqtt_operator/bridge/_publish.c
+	bash hack/testenv/install-build-tools.sh $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c 'import mqtt_operator.bridge._publish'  # built (setup.py makes it optional for other installs)
 	touch $@
 
 venv: $(VENV)/.installed ## Create .venv with the operator and its dev tools

@@ -137,6 +137,7 @@ def test_every_message_is_stamped_with_publisher_address_unique_ordered_id_and_t
         assert before <= received <= after
         ident = uuid.UUID(got[MESSAGE_ID])
         assert ident.version == 7 and ident.variant == uuid.RFC_4122
+        assert got[MESSAGE_ID] == str(ident)  # the canonical text: 36 characters, lowercase, dashed
         # The first 48 bits are the receive millisecond (the counter can only push it later).
         assert received <= ident.int >> 80 <= after + 1
         ids.append(got[MESSAGE_ID])
