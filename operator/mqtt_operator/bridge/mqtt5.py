@@ -3,7 +3,8 @@
 Pure functions over bytes, no I/O: the connection in `mqtt_client.py` uses them. Only what a
 QoS 0/1 client needs is here (no QoS 2 flows, no AUTH exchange, no topic aliases: the worker
 announces Topic Alias Maximum 0, so the broker never sends one). The PUBLISH decoder is the hot
-path of the uplink and is written for speed: one pass over a buffer holding many packets.
+path of the uplink and is written for speed: one pass over a buffer holding many packets, the common
+PUBLISHes read in C (`_publish.c`), the rest and every error here.
 """
 
 from __future__ import annotations
@@ -593,7 +594,8 @@ Control = Connack | Suback | Ack | Disconnect | int  # an int is a body-less pac
 def decode_stream(buf: bytes, received: float) -> tuple[list[Message], list[Control], int]:
     """Split `buf` into whole packets: (PUBLISHes, other packets, bytes consumed).
 
-    The remainder (an incomplete packet) is left for the next call with more bytes.
+    The remainder (an incomplete packet) is left for the next call with more bytes. Each run of common
+    PUBLISHes goes to the C reader first (`_read_publishes`); the loop below reads what it leaves.
     """
     messages: list[Message] = []
     controls: list[Control] = []
