@@ -215,17 +215,26 @@ def drain(workers: list[WorkerProcess], direction: str, total: int) -> dict[str,
     }
 
 
-def one_worker(broker: Mosquitto, kafka: Kafka, topic: str) -> dict[str, float]:
-    """One worker draining UP_COUNT messages pre-loaded into its session: `drain`'s figures."""
-    create_topic(kafka.bootstrap, topic, 4)
-    w = WorkerProcess(uplink_config(broker, kafka, topic, topic), replica_id="w0").start()
-    w.terminate()  # the session now exists and collects what is published next
-    preload(broker.port, UP_COUNT)
-    w.start(wait_ready=False)
+def one_worker(broker_config: str, kafka: Kafka, topic: str) -> dict[str, float]:
+    """One worker draining UP_COUNT messages pre-loaded into its session, on a broker of its own
+    (`broker_config`): `drain`'s figures.
+
+    A broker per run: on a shared one, each earlier run's persistent session (a share group of its
+    own) kept a copy of every later message queued, and the broker's heap grew by hundreds of MB a
+    run, which slowed later runs, stamped ones (bigger messages) more."""
+    broker = Mosquitto(config=broker_config).start()
     try:
-        return drain([w], UP, UP_COUNT)
+        create_topic(kafka.bootstrap, topic, 4)
+        w = WorkerProcess(uplink_config(broker, kafka, topic, topic), replica_id="w0").start()
+        w.terminate()  # the session now exists and collects what is published next
+        preload(broker.port, UP_COUNT)
+        w.start(wait_ready=False)
+        try:
+            return drain([w], UP, UP_COUNT)
+        finally:
+            w.terminate()
     finally:
-        w.terminate()
+        broker.stop()
 
 
 def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -283,21 +292,16 @@ def main() -> None:
         # table, as the operator loads it), in pairs: the machine's pace drifts over a run (Kafka's JIT,
         # the page cache), so each run with the plugin is set against the run without it beside it, and
         # every other pair runs the plugin first, so the drift favours neither side.
-        stamped = Mosquitto(
-            config=f"plugin {stamp_plugin()}\nplugin_opt_clients on\nplugin_opt_access allow\n" + NO_DROP_CONF
-        ).start()
-        try:
-            plain_runs, plugin_runs = [], []
-            for r in range(PLUGIN_ROUNDS):
-                if r % 2:
-                    plugin_runs.append(one_worker(stamped, kafka, f"bench-up1-plugin-{r}"))
-                    plain_runs.append(one_worker(broker, kafka, f"bench-up1-{r}"))
-                else:
-                    plain_runs.append(one_worker(broker, kafka, f"bench-up1-{r}"))
-                    plugin_runs.append(one_worker(stamped, kafka, f"bench-up1-plugin-{r}"))
-                print(f"1 worker, round {r}: without the plugin {plain_runs[-1]}, with it {plugin_runs[-1]}")
-        finally:
-            stamped.stop()
+        stamped = f"plugin {stamp_plugin()}\nplugin_opt_clients on\nplugin_opt_access allow\n" + NO_DROP_CONF
+        plain_runs, plugin_runs = [], []
+        for r in range(PLUGIN_ROUNDS):
+            if r % 2:
+                plugin_runs.append(one_worker(stamped, kafka, f"bench-up1-plugin-{r}"))
+                plain_runs.append(one_worker(NO_DROP_CONF, kafka, f"bench-up1-{r}"))
+            else:
+                plain_runs.append(one_worker(NO_DROP_CONF, kafka, f"bench-up1-{r}"))
+                plugin_runs.append(one_worker(stamped, kafka, f"bench-up1-plugin-{r}"))
+            print(f"1 worker, round {r}: without the plugin {plain_runs[-1]}, with it {plugin_runs[-1]}")
         ratios = [w["rate"] / o["rate"] for o, w in zip(plain_runs, plugin_runs, strict=True)]
         one = median_run(plain_runs)
         one_plugin = median_run(plugin_runs)

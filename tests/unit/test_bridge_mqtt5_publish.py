@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import sys
 import tracemalloc
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -27,6 +27,7 @@ from mqtt_operator.bridge.records import (
     STAMP_RECEIVED_AT,
     Message,
     Properties,
+    Stamps,
 )
 
 RECEIVED = 1234.5
@@ -196,3 +197,20 @@ def test_the_c_reader_keeps_no_reference_and_leaks_no_memory() -> None:
         tracemalloc.stop()
     # 20,000 messages went through: one string kept of each would be over a megabyte.
     assert grown < 50_000, grown
+
+
+def test_the_c_reader_refuses_a_message_or_stamps_shape_it_does_not_know() -> None:
+    # A slot added to Message (or a field to Stamps) without _publish.c would be left unset by it.
+    heads = (b"a", b"b", b"c", b"d")
+
+    class Wider:
+        __slots__ = (*SLOTS, "extra")
+
+    with pytest.raises(TypeError, match=r"__slots__ has 11 entries, _publish.c knows 10"):
+        mqtt5._publish.configure(Wider, Stamps, NO_STAMPS, heads)
+    wider_stamps = NamedTuple("WiderStamps", [(name, Any) for name in (*Stamps._fields, "extra")])
+    with pytest.raises(TypeError, match=r"_fields has 6 entries, _publish.c knows 5"):
+        mqtt5._publish.configure(Message, wider_stamps, NO_STAMPS, heads)
+    # Refused before anything changed: the reader still reads with what mqtt5 gave it.
+    raw = publish(b"t", b"p", stamps())
+    assert read_in_c(raw)[0][0].stamps.client_id == "dev-1"

@@ -17,15 +17,21 @@
 #include <string.h>
 
 #define PUBLISH 3
-#define USER_PROPERTY 0x26
 #define STAMPS 4 /* client id, address, message id, received at: then Stamps.time_ms */
 #define STAMP_MESSAGE_ID 2
 #define STAMP_RECEIVED_AT 3
 
+enum { SLOT_TOPIC, SLOT_PAYLOAD, SLOT_QOS, SLOT_RETAIN, SLOT_DUP, SLOT_PACKET_ID, SLOT_PROPS,
+       SLOT_RECEIVED, SLOT_MALFORMED, SLOT_STAMPS, SLOT_COUNT };
+
+static const char *slot_names[SLOT_COUNT] = {
+    "topic", "payload", "qos", "retain", "dup", "packet_id", "props", "received", "malformed", "stamps",
+};
+
 /* What configure() was given: the classes the Python decoder builds and the stamps' wire heads. */
 typedef struct {
     PyTypeObject *message_type;
-    PyObject *slots[10]; /* Message's slot descriptors, in SLOT_* order */
+    PyObject *slots[SLOT_COUNT]; /* Message's slot descriptors */
     PyTypeObject *stamps_type;
     PyObject *no_stamps;
     PyObject *heads[STAMPS]; /* bytes: identifier 0x26, name length, name; in the plugin's order */
@@ -34,12 +40,22 @@ typedef struct {
 
 static State state;
 
-enum { SLOT_TOPIC, SLOT_PAYLOAD, SLOT_QOS, SLOT_RETAIN, SLOT_DUP, SLOT_PACKET_ID, SLOT_PROPS,
-       SLOT_RECEIVED, SLOT_MALFORMED, SLOT_STAMPS, SLOT_COUNT };
-
-static const char *slot_names[SLOT_COUNT] = {
-    "topic", "payload", "qos", "retain", "dup", "packet_id", "props", "received", "malformed", "stamps",
-};
+/* len(getattr(type, name)) == expected, else an error that says which shape changed. */
+static int has_length(PyObject *type, const char *name, Py_ssize_t expected) {
+    PyObject *seq = PyObject_GetAttrString(type, name);
+    if (seq == NULL)
+        return 0;
+    Py_ssize_t got = PyObject_Length(seq);
+    Py_DECREF(seq);
+    if (got < 0)
+        return 0;
+    if (got != expected) {
+        PyErr_Format(PyExc_TypeError, "%s.%s has %zd entries, _publish.c knows %zd: change both together",
+                     ((PyTypeObject *)type)->tp_name, name, got, expected);
+        return 0;
+    }
+    return 1;
+}
 
 /* configure(Message, Stamps, NO_STAMPS, heads): once, from mqtt5.py, so the names of the stamps and the
  * shape of a Message have one home (records.py) and this file follows them. */
@@ -57,6 +73,10 @@ static PyObject *configure(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "Stamps must be a tuple subclass with no fields of its own");
         return NULL;
     }
+    /* Every slot of a Message is set here, and a Stamps is built here: a field added in records.py
+     * without this file would be left unset, so the import fails instead. */
+    if (!has_length(message_type, "__slots__", SLOT_COUNT) || !has_length(stamps_type, "_fields", STAMPS + 1))
+        return NULL;
     for (int i = 0; i < SLOT_COUNT; i++) {
         PyObject *slot = PyObject_GetAttrString(message_type, slot_names[i]);
         if (slot == NULL)
