@@ -10,7 +10,7 @@
  * packets, paho's included).
  *
  * Why C: the stamps are three or four length-prefixed strings per message, and in Python reading them
- * cost the worker a quarter of its time per message (docs/broker-plugin.md).
+ * cost the worker about 1 µs of the 5-7 µs it spent on a message (docs/broker-plugin.md).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
