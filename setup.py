@@ -1,4 +1,4 @@
-"""The one C extension of the package: the uplink's PUBLISH reader (operator/mqtt_operator/bridge/_publish.c).
+"""The one C extension of the package: the uplink's PUBLISH reader (bridge/_publish.c).
 
 Everything else about the package is in pyproject.toml; setuptools reads both.
 """
