@@ -122,9 +122,7 @@ static Py_ssize_t read_varint(const unsigned char *b, Py_ssize_t *at, Py_ssize_t
     return -1;
 }
 
-/* The broker's receive time in epoch milliseconds, as `mqtt5.stamp_time_ms` reads it: the receivedAt
- * stamp when it is 1 to 15 ASCII digits, else the first 48 bits of a UUIDv7 message id (36 characters,
- * dashes at 8 and 13, version 7 at 14, hex digits before), else -1 (None). */
+/* An ASCII hex digit's value, else -1. */
 static long long hex_digit(Py_UCS4 c) {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -135,6 +133,9 @@ static long long hex_digit(Py_UCS4 c) {
     return -1;
 }
 
+/* The broker's receive time in epoch milliseconds, as `mqtt5.stamp_time_ms` reads it: the receivedAt
+ * stamp when it is 1 to 15 ASCII digits, else the first 48 bits of a UUIDv7 message id (36 characters,
+ * dashes at 8 and 13, version 7 at 14, hex digits before), else -1 (None). Either may be NULL. */
 static long long stamp_time_ms(PyObject *received_at, PyObject *message_id) {
     if (received_at != NULL) {
         Py_ssize_t len = PyUnicode_GET_LENGTH(received_at);
@@ -168,7 +169,8 @@ static long long stamp_time_ms(PyObject *received_at, PyObject *message_id) {
 }
 
 /* The stamps when they are all the properties between `p` and `end`, in the plugin's order: a new
- * Stamps, or NULL with no error set when the properties are anything else (or not UTF-8). */
+ * Stamps; NULL with no error set when the properties are anything else (or not UTF-8), NULL with the
+ * error set when an allocation failed. */
 static PyObject *read_stamps(const unsigned char *b, Py_ssize_t p, Py_ssize_t end) {
     PyObject *values[STAMPS] = {NULL, NULL, NULL, NULL};
     for (int i = 0; i < STAMPS; i++) {
