@@ -19,16 +19,8 @@ from hypothesis import strategies as st
 from test_bridge_mqtt5_properties import damaged, packets
 
 from mqtt_operator.bridge import mqtt5
-from mqtt_operator.bridge.records import (
-    NO_STAMPS,
-    STAMP_CLIENT_ADDRESS,
-    STAMP_CLIENT_ID,
-    STAMP_MESSAGE_ID,
-    STAMP_RECEIVED_AT,
-    Message,
-    Properties,
-    Stamps,
-)
+from mqtt_operator.bridge.message_fields import stamp_properties
+from mqtt_operator.bridge.records import NO_STAMPS, Message, Properties, Stamps
 
 RECEIVED = 1234.5
 SLOTS = Message.__slots__
@@ -56,10 +48,8 @@ def stamps(
     message_id: str | None = UUID7,
     received_at: str | None = None,
 ) -> list[tuple[str, str]]:
-    """The plugin's stamps, in its order."""
-    names = (STAMP_CLIENT_ID, STAMP_CLIENT_ADDRESS, STAMP_MESSAGE_ID, STAMP_RECEIVED_AT)
-    values = (client_id, address, message_id, received_at)
-    return [(name, value) for name, value in zip(names, values, strict=True) if value is not None]
+    """The plugin's stamps as user properties, in its order."""
+    return stamp_properties(Stamps(client_id, address, message_id, received_at))
 
 
 def outcome(raw: bytes, *, in_c: bool) -> Any:
