@@ -10,7 +10,8 @@ RUN apt-get update \
 
 FROM python AS build
 ARG DEBIAN_FRONTEND=noninteractive
-# The compiler and Python's headers build the C PUBLISH reader (operator/mqtt_operator/bridge/_publish.c);
+# The compiler and Python's headers build the C extensions (operator/mqtt_operator/bridge/_publish.c, the
+# PUBLISH reader, and _kafka_batch.c, the Kafka record batches);
 # only the venv goes on to the image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv python3-dev gcc libc6-dev \
@@ -23,7 +24,7 @@ COPY operator /src/operator
 RUN --mount=type=secret,id=build-ca,target=/run/secrets/build-ca \
     if [ -s /run/secrets/build-ca ]; then export PIP_CERT=/run/secrets/build-ca; fi \
  && /opt/venv/bin/pip install --no-cache-dir /src \
- && /opt/venv/bin/python -c 'import mqtt_operator.bridge._publish' \
+ && /opt/venv/bin/python -c 'import mqtt_operator.bridge._publish, mqtt_operator.bridge._kafka_batch' \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools
 
 FROM python

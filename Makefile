@@ -14,12 +14,12 @@ help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 # setup.py builds the C PUBLISH reader in place (an editable install): a change to it rebuilds.
-$(VENV)/.installed: pyproject.toml setup.py operator/mqtt_operator/bridge/_publish.c
+$(VENV)/.installed: pyproject.toml setup.py operator/mqtt_operator/bridge/_publish.c operator/mqtt_operator/bridge/_kafka_batch.c
 	bash hack/testenv/install-build-tools.sh $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -c 'import mqtt_operator.bridge._publish'  # built (setup.py makes it optional for other installs)
+	$(PY) -c 'import mqtt_operator.bridge._publish, mqtt_operator.bridge._kafka_batch'  # built (setup.py makes it optional for other installs)
 	touch $@
 
 venv: $(VENV)/.installed ## Create .venv with the operator and its dev tools

@@ -215,9 +215,9 @@ def test_operator_image_runs_the_command_as_65532(image: Image) -> None:
         "-c",
         "id -u; id -g; mqtt-operator version; python3 --version; "
         "python3 -c 'import mqtt_operator.__main__, mqtt_operator.bridge.program, aiokafka, kopf, msgspec'; "
-        # The C PUBLISH reader was built in the build stage, whose compiler stays behind.
-        "python3 -c 'from mqtt_operator.bridge import mqtt5; "
-        'print("c-reader", mqtt5.reads_publishes_in_c())\'; '
+        # The C extensions were built in the build stage, whose compiler stays behind.
+        "python3 -c 'from mqtt_operator.bridge import mqtt5, kafka_batch; "
+        'print("c-reader", mqtt5.reads_publishes_in_c()); print("c-batches", kafka_batch.builds_batches_in_c())\'; '
         "python3 -m pip --version >/dev/null 2>&1 && echo pip-present; "
         "command -v gcc cc || echo no-compiler",
     )
@@ -227,6 +227,7 @@ def test_operator_image_runs_the_command_as_65532(image: Image) -> None:
     assert python.startswith("Python 3.11.")
     assert "Traceback" not in out, out  # every module imports
     assert "c-reader True" in rest
+    assert "c-batches True" in rest
     assert "pip-present" not in out and "no-compiler" in rest
 
 

@@ -42,6 +42,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from mqtt_operator.bridge.component import Readiness
 from mqtt_operator.bridge.config import KAFKA_SASL_PASSWORD_ENV, KAFKA_SASL_USERNAME_ENV, KafkaEndpoint
+from mqtt_operator.bridge.kafka_batch import RecordBatch, new_batch
 from mqtt_operator.bridge.pipeline import TRANSIENT, Delivery, TransientError
 from mqtt_operator.bridge.records import KafkaRecord
 from mqtt_operator.logs import register_secret
@@ -208,9 +209,9 @@ class KafkaSink:
         self, producer: AIOKafkaProducer, records: Sequence[KafkaRecord], outcomes: list[Delivery]
     ) -> list[tuple[asyncio.Future[Any], list[int]]]:
         """Build one batch per topic-partition and queue them in the producer; their futures."""
-        # (topic, partition) -> (builder, record positions); finished builders queue up in `ready`.
-        open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
-        ready: list[tuple[str, int, Any, list[int]]] = []
+        # (topic, partition) -> (batch, record positions); full batches queue up in `ready`.
+        open_batches: dict[tuple[str, int], tuple[RecordBatch, list[int]]] = {}
+        ready: list[tuple[str, int, RecordBatch, list[int]]] = []
         counts: dict[str, int] = {}
         limit = self.max_record_bytes
         rr = self._rr
@@ -239,14 +240,14 @@ class KafkaSink:
                 partition = key_hash(key) % n
             slot = open_batches.get((topic, partition))
             if slot is None:
-                slot = open_batches[(topic, partition)] = (producer.create_batch(), [])
+                slot = open_batches[(topic, partition)] = (new_batch(BATCH_BYTES), [])
             builder, positions = slot
-            if builder.append(timestamp=ts, key=key, value=value, headers=headers) is None:
+            if not builder.add(ts, key, value, headers):
                 ready.append((topic, partition, builder, positions))
-                builder = producer.create_batch()
+                builder = new_batch(BATCH_BYTES)
                 positions = []
                 open_batches[(topic, partition)] = (builder, positions)
-                builder.append(timestamp=ts, key=key, value=value, headers=headers)
+                builder.add(ts, key, value, headers)  # a batch's first record is always taken
             positions.append(pos)
         self._rr = rr
         for (topic, partition), (builder, positions) in open_batches.items():

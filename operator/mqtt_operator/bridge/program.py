@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from mqtt_operator.bridge import mqtt5
+from mqtt_operator.bridge.allocator import keep_freed_memory
 from mqtt_operator.bridge.component import Component
 from mqtt_operator.bridge.config import BridgeConfig
 from mqtt_operator.bridge.integrations import (
@@ -210,6 +211,8 @@ class Bridge:
                 "the C PUBLISH reader was not built with this install: every message is read in Python, "
                 "the uplinks are slower (docs/bridge.md)"
             )
+        if not keep_freed_memory():
+            log.info("the C allocator's thresholds are its own: large buffers are faulted in again per batch")
         for component in self.components:
             await component.start()
         # What exists now (modules, config, clients) lives as long as the process: kept out of every
