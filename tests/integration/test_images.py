@@ -217,7 +217,8 @@ def test_operator_image_runs_the_command_as_65532(image: Image) -> None:
         "python3 -c 'import mqtt_operator.__main__, mqtt_operator.bridge.program, aiokafka, kopf, msgspec'; "
         # The C extensions were built in the build stage, whose compiler stays behind.
         "python3 -c 'from mqtt_operator.bridge import mqtt5, kafka_batch; "
-        'print("c-reader", mqtt5.reads_publishes_in_c()); print("c-batches", kafka_batch.builds_batches_in_c())\'; '
+        'print("c-reader", mqtt5.reads_publishes_in_c()); '
+        'print("c-batches", kafka_batch.builds_batches_in_c())\'; '
         "python3 -m pip --version >/dev/null 2>&1 && echo pip-present; "
         "command -v gcc cc || echo no-compiler",
     )

@@ -30,7 +30,9 @@ headers = st.lists(st.tuples(names, fields), max_size=12)
 records = st.lists(
     st.tuples(st.integers(-100_000, 100_000), fields, fields, headers), min_size=1, max_size=40
 )
-producer_states = st.tuples(st.integers(-1, 2**63 - 1), st.integers(-1, 2**15 - 1), st.integers(-1, 2**31 - 1))
+producer_states = st.tuples(
+    st.integers(-1, 2**63 - 1), st.integers(-1, 2**15 - 1), st.integers(-1, 2**31 - 1)
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,7 +1,8 @@
 """The Kafka sink: an idempotent aiokafka producer (acks=all) fed with whole record batches.
 
 The pipeline hands over everything the MQTT side delivered since the last call; the sink appends
-it to one aiokafka `BatchBuilder` per topic-partition and sends those with `send_batch`, awaiting
+it to one record batch per topic-partition (built in C, `kafka_batch.py`) and sends those with
+aiokafka's `send_batch`, awaiting
 each batch's future: a record is confirmed only when the broker acknowledged it (acks=all,
 idempotent, so a retry inside the producer never duplicates). Building the batches here instead
 of calling `send()` per record skips a coroutine and a future per record; the batches need no

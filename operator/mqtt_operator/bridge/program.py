@@ -41,6 +41,7 @@ from mqtt_operator.bridge.integrations import (
     mqtt_to_function,
     reads_device_events,
 )
+from mqtt_operator.bridge.kafka_batch import builds_batches_in_c
 from mqtt_operator.bridge.metrics import Metrics, serve
 from mqtt_operator.bridge.mqtt_client import ConnectionLost, MqttError
 from mqtt_operator.bridge.mqtt_source import MqttSource
@@ -210,6 +211,11 @@ class Bridge:
             log.warning(
                 "the C PUBLISH reader was not built with this install: every message is read in Python, "
                 "the uplinks are slower (docs/bridge.md)"
+            )
+        if not builds_batches_in_c():
+            log.warning(
+                "the C Kafka record batches are not in this install: aiokafka's builder writes them, "
+                "the Kafka uplink is slower (docs/bridge.md)"
             )
         if not keep_freed_memory():
             log.info("the C allocator's thresholds are its own: large buffers are faulted in again per batch")
