@@ -5,7 +5,8 @@ broker (`mqtt_client.READ_SIZE`), a Kafka batch of up to 512 KiB, the produce re
 glibc's defaults such a buffer is either its own `mmap` (given back on free) or sits at the top of
 the heap, which is trimmed as soon as a few mebibytes there are free. Either way the next batch's
 buffer is faulted in again, page by page: 0.13 minor faults a message without the stamps, 0.19 with
-them (about 0.2 µs of kernel time a message; docs/bridge.md, "Memory given back").
+them. The worker's kernel time was 0.3-0.5 µs a message, and is 0.1-0.2 with the thresholds below
+(docs/bridge.md, "Memory kept for the next batch").
 
 So the worker keeps what it freed: buffers under `MMAP_THRESHOLD_BYTES` come from the heap, and the
 heap is trimmed only beyond `TRIM_THRESHOLD_BYTES` free at its top. Larger buffers (a payload of

@@ -1,12 +1,11 @@
 """The Kafka sink: an idempotent aiokafka producer (acks=all) fed with whole record batches.
 
 The pipeline hands over everything the MQTT side delivered since the last call; the sink appends
-it to one record batch per topic-partition (built in C, `kafka_batch.py`) and sends those with
-aiokafka's `send_batch`, awaiting
-each batch's future: a record is confirmed only when the broker acknowledged it (acks=all,
-idempotent, so a retry inside the producer never duplicates). Building the batches here instead
-of calling `send()` per record skips a coroutine and a future per record; the batches need no
-linger, since their size follows the load.
+it to one record batch per topic-partition (written in C, `kafka_batch.py`) and sends those with
+aiokafka's `send_batch`, awaiting each batch's future: a record is confirmed only when the broker
+acknowledged it (acks=all, idempotent, so a retry inside the producer never duplicates). Building
+the batches here instead of calling `send()` per record skips a coroutine and a future per record;
+the batches need no linger, since their size follows the load.
 
 Partitioning: by key (Kafka's murmur2, the same partition the Java client picks, cached per key),
 round robin for records without a key or when configured.
@@ -61,7 +60,7 @@ PERMANENT_ERRORS: tuple[type[Exception], ...] = (
 )
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 # A produced batch's size (the broker's default message.max.bytes is 1 MiB; bigger records travel
-# alone in their own batch, as aiokafka always accepts a batch's first record).
+# alone in their own batch, as a batch always takes its first record).
 BATCH_BYTES = 512 * 1024
 REQUEST_TIMEOUT_MS = 15000
 _KEY_CACHE_SIZE = 100_000
@@ -242,23 +241,23 @@ class KafkaSink:
             slot = open_batches.get((topic, partition))
             if slot is None:
                 slot = open_batches[(topic, partition)] = (new_batch(BATCH_BYTES), [])
-            builder, positions = slot
-            if not builder.add(ts, key, value, headers):
-                ready.append((topic, partition, builder, positions))
-                builder = new_batch(BATCH_BYTES)
+            batch, positions = slot
+            if not batch.add(ts, key, value, headers):
+                ready.append((topic, partition, batch, positions))
+                batch = new_batch(BATCH_BYTES)
                 positions = []
-                open_batches[(topic, partition)] = (builder, positions)
-                builder.add(ts, key, value, headers)  # a batch's first record is always taken
+                open_batches[(topic, partition)] = (batch, positions)
+                batch.add(ts, key, value, headers)  # a batch's first record is always taken
             positions.append(pos)
         self._rr = rr
-        for (topic, partition), (builder, positions) in open_batches.items():
-            ready.append((topic, partition, builder, positions))
+        for (topic, partition), (batch, positions) in open_batches.items():
+            ready.append((topic, partition, batch, positions))
 
         sent: list[tuple[asyncio.Future[Any], list[int]]] = []
-        for topic, partition, builder, positions in ready:
-            builder.close()
+        for topic, partition, batch, positions in ready:
+            batch.close()
             try:
-                fut = await producer.send_batch(builder, topic, partition=partition)
+                fut = await producer.send_batch(batch, topic, partition=partition)
             except (KafkaError, OSError) as err:
                 self.last_error = f"{type(err).__name__}: {err}"
                 for pos in positions:
