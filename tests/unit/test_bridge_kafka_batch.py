@@ -65,6 +65,8 @@ def test_batches_are_the_bytes_aiokafkas_builder_writes(
     built = ours._build()
     assert built == bytes(theirs._build())
     assert ours._build() is built  # a retried batch is sent again as it was
+    with pytest.raises(RuntimeError, match="built batch"):
+        ours._set_producer_state(1, 1, 1)
     assert ours.size() == len(built)
     parsed = DefaultRecordBatch(built)
     assert parsed.validate_crc()

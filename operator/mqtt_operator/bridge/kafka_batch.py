@@ -57,6 +57,10 @@ class CRecordBatch(BatchBuilder):  # type: ignore[misc]  # aiokafka has no types
         return None
 
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        # aiokafka sets it once, before the first send (a retry resends the same bytes); a change after
+        # that would send stale sequence numbers, so it fails loudly, as aiokafka's own builder does.
+        if self._buffer is not None:
+            raise RuntimeError("the producer state of a built batch cannot change")
         self._producer_state = (producer_id, producer_epoch, base_sequence)
 
     def _build(self) -> bytes:
