@@ -5,7 +5,8 @@ what aiokafka's own builder writes for the same records (Kafka checks the CRC an
 Here both build the same records, appended the same way, and must give the same answer to every
 append, the same size and the same bytes, for random keys, values, headers (names in and out of ASCII,
 values None or empty), timestamps before and after the first, batch limits that cut the batch, and
-the producer state idempotence sets. tests/integration/test_bridge.py sends them to a real Kafka.
+the producer state idempotence sets. The integration tests (tests/integration/test_bridge_uplink.py
+and the others through the Kafka sink) send them to a real Kafka.
 """
 
 from __future__ import annotations
