@@ -50,9 +50,11 @@ static void crc_init(void) {
 /* Eight bytes a step with tables, for CPUs without the instruction. */
 static uint32_t crc_tables(uint32_t crc, const unsigned char *p, size_t n) {
     while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        w ^= crc; /* little endian: the tables below are for that order */
+        /* The eight bytes as a little-endian word on any CPU (one load where the CPU is one). */
+        uint64_t w = 0;
+        for (int i = 7; i >= 0; i--)
+            w = w << 8 | p[i];
+        w ^= crc;
         crc = crc_table[7][w & 0xff] ^ crc_table[6][(w >> 8) & 0xff] ^ crc_table[5][(w >> 16) & 0xff] ^
               crc_table[4][(w >> 24) & 0xff] ^ crc_table[3][(w >> 32) & 0xff] ^ crc_table[2][(w >> 40) & 0xff] ^
               crc_table[1][(w >> 48) & 0xff] ^ crc_table[0][w >> 56];
@@ -64,7 +66,7 @@ static uint32_t crc_tables(uint32_t crc, const unsigned char *p, size_t n) {
     return crc;
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HAVE_SSE42_CRC 1
 __attribute__((target("sse4.2"))) static uint32_t crc_sse42(uint32_t crc, const unsigned char *p, size_t n) {
     uint64_t c = crc;
@@ -90,13 +92,7 @@ static uint32_t crc32c(const unsigned char *p, size_t n, int hardware) {
     if (use_sse42 && hardware)
         return crc_sse42(crc, p, n) ^ 0xFFFFFFFFu;
 #endif
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     return crc_tables(crc, p, n) ^ 0xFFFFFFFFu;
-#else
-    while (n--)
-        crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xff];
-    return crc ^ 0xFFFFFFFFu;
-#endif
 }
 
 /* --- varints (zigzag, as Kafka's records use them) ------------------------------------------- */
